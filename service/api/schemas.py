@@ -1,0 +1,169 @@
+"""Pydantic models at the API edge. Every field is bounded so bad input is a 4xx, never a 500."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..alignment.linear_alignment import LinearAlignmentConfig
+
+MAX_TEXT = 100_000
+MAX_PRINCIPLE = 4_000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LASettings(Strict):
+    """Linear Alignment settings. ``strength`` is the paper's ratio r (0 = principle prompt only)."""
+
+    enabled: bool = True
+    strength: float = Field(3.0, ge=0.0, le=100.0, description="fixed ratio r in l_in + r (l_in - l_out)")
+    adaptive: bool = Field(False, description="per-token r from a KL budget instead of a fixed r")
+    kl_budget: float = Field(0.1, gt=0.0, le=10.0, description="adaptive: nats per token")
+    max_strength: float = Field(10.0, ge=0.0, le=100.0, description="adaptive: upper clip on r")
+    plausibility_top_p: float = Field(0.8, gt=0.0, le=1.0)
+    plausibility_temperature: float = Field(0.5, gt=0.0, le=10.0)
+
+    def to_config(self, principle: str) -> LinearAlignmentConfig:
+        return LinearAlignmentConfig(
+            principle=principle, strength=self.strength, adaptive=self.adaptive, kl_budget=self.kl_budget,
+            max_strength=self.max_strength, plausibility_top_p=self.plausibility_top_p,
+            plausibility_temperature=self.plausibility_temperature,
+        )
+
+
+class ProfileSpec(Strict):
+    """A preference profile: a principle applied by Linear Alignment, and a rubric for scoring."""
+
+    principle: str | None = Field(None, max_length=MAX_PRINCIPLE)
+    la: LASettings = Field(default_factory=LASettings)
+    rubric: str | None = Field(None, max_length=MAX_PRINCIPLE, description="English yes/no question for /score")
+    description: str | None = Field(None, max_length=1_000)
+
+    @field_validator("principle", "rubric")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+
+class ProfileCreate(ProfileSpec):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class ProfileOut(BaseModel):
+    name: str
+    version: int
+    ref: str
+    created_at: float
+    spec: ProfileSpec
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(..., max_length=MAX_TEXT)
+
+
+class GenerateRequest(Strict):
+    prompt: str | None = Field(None, max_length=MAX_TEXT)
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=256)
+    profile: str | ProfileSpec | None = Field(
+        None, description="a stored profile ('name' or 'name@version') or an inline profile"
+    )
+    max_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, le=100_000)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+    stream: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: list[str]) -> list[str]:
+        if any(not s or len(s) > 64 for s in v):
+            raise ValueError("stop strings must be 1-64 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("prompt must not be empty")
+        if self.messages is not None:
+            if self.messages[-1].role != "user":
+                raise ValueError("the last message must be from the user")
+            if any(m.role == "system" for m in self.messages[1:]):
+                raise ValueError("only the first message may be a system message")
+            if not any(m.role == "user" and m.content.strip() for m in self.messages):
+                raise ValueError("messages need a non-empty user message")
+        return self
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    principle_prompt_tokens: int | None
+    completion_tokens: int
+
+
+class Timings(BaseModel):
+    queue_s: float
+    first_token_s: float
+    total_s: float
+    tokens_per_s: float
+
+
+class AlignmentReport(BaseModel):
+    method: Literal["none", "linear_alignment"]
+    profile: str | None = Field(None, description="'name@version', 'inline' or null")
+    principle: str | None = None
+    strength_mode: Literal["fixed", "adaptive"] | None = None
+    mean_strength: float | None = None
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    model: str
+    text: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage
+    timings: Timings
+    alignment: AlignmentReport
+
+
+class ScoreRequest(Strict):
+    prompt: str = Field(..., min_length=1, max_length=MAX_TEXT)
+    responses: list[str] = Field(..., min_length=1, max_length=64)
+    method: Literal["judge"] = "judge"
+    rubric: str | None = Field(None, max_length=MAX_PRINCIPLE)
+    profile: str | ProfileSpec | None = None
+
+    @field_validator("responses")
+    @classmethod
+    def _lengths(cls, v: list[str]) -> list[str]:
+        if any(len(r) > MAX_TEXT for r in v):
+            raise ValueError(f"each response must be at most {MAX_TEXT} characters")
+        return v
+
+
+class ScoreResponse(BaseModel):
+    method: str
+    rubric: str
+    scores: list[float]
+    ranking: list[int] = Field(..., description="indices of responses, best first")
+    profile: str | None = None
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    detail: list[dict[str, object]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,80 @@
+"""The app's lifespan-managed state and the dependencies that hand it to handlers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from ..config import Settings
+from ..engines.base import Engine
+from ..metrics.prometheus import Metrics
+from ..reward import Scorer
+from ..scheduling.worker import EngineWorker
+from ..store.profiles import ProfileStore
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Settings], Engine]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: ProfileStore
+    metrics: Metrics
+    scorers: dict[str, Scorer]
+    engine_factory: EngineFactory
+    worker: EngineWorker | None = None
+    engine: Engine | None = None
+    load_error: str | None = None
+    _loader: threading.Thread | None = field(default=None, repr=False)
+
+    def start_loading(self) -> None:
+        """Load the model in the background so /healthz answers while weights load."""
+        self._loader = threading.Thread(target=self._load, name="model-loader", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        try:
+            engine = self.engine_factory(self.settings)
+            worker = EngineWorker(engine, self.settings.max_queue, self.settings.max_batch_size)
+            worker.start()
+            self.metrics.watch_queue(lambda: worker.depth)
+            self.engine, self.worker = engine, worker
+            self.metrics.model_ready.set(1)
+            log.info("model ready", extra={"model": engine.model_name, "backend": engine.backend})
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        if self._loader is not None:
+            self._loader.join(timeout)
+        return self.worker is not None
+
+    def shutdown(self, drain_s: float) -> None:
+        if self._loader is not None:
+            self._loader.join(timeout=drain_s)
+        if self.worker is not None:
+            self.worker.stop(timeout=drain_s)
+        if self.engine is not None:
+            self.engine.close()
+        self.metrics.model_ready.set(0)
+        self.store.close()
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def ready_worker(services: Services) -> tuple[EngineWorker, Engine]:
+    if services.worker is None or services.engine is None:
+        if services.load_error:
+            raise ApiError(503, "model_unavailable", f"model failed to load: {services.load_error}")
+        raise ApiError(503, "model_loading", "model is still loading", headers={"Retry-After": "5"})
+    return services.worker, services.engine

@@ -1,0 +1,180 @@
+"""``alignserve``: serve the API, run one aligned generation, or provision models.
+
+Every flag can also be set by environment variable (``ALIGNSERVE_<NAME>``); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import EMBEDDED_MODEL, Settings
+
+_SETTINGS_FLAGS = {
+    "model": "model", "backend": "backend", "device": "device", "dtype": "dtype", "home": "home",
+    "db_url": "db_url", "max_model_len": "max_model_len", "log_level": "log_level",
+}
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help=f"'{EMBEDDED_MODEL}' (default), a local HF folder, or a hub id")
+    g.add_argument("--backend", choices=["transformers"], help="engine backend (default transformers)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "float64"],
+                   help="compute dtype (auto: float32 on CPU, bfloat16 on GPU)")
+    g.add_argument("--home", type=Path, help="model cache and default DB folder (default ~/.cache/alignserve)")
+    g.add_argument("--max-model-len", type=int, help="max prompt+completion tokens per stream (default 4096)")
+    g.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+
+
+def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Settings:
+    overrides = {k: getattr(args, a) for a, k in _SETTINGS_FLAGS.items() if getattr(args, a, None) is not None}
+    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api.app import create_app
+    from .logging_setup import configure_logging
+
+    settings = _settings(args, {
+        "host": args.host, "port": args.port, "max_batch_size": args.max_batch_size,
+        "max_queue": args.max_queue, "request_timeout_s": args.request_timeout, "log_format": args.log_format,
+    })
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings, drain_s=args.drain_timeout)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                timeout_graceful_shutdown=int(args.drain_timeout))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import logging
+
+    from .alignment.linear_alignment import LinearAlignmentConfig
+    from .alignment.sampling import SamplingParams
+    from .alignment.spec import AlignmentSpec
+    from .engines.base import GenerationRequest, TokenEvent
+    from .engines.factory import build_engine
+    from .logging_setup import configure_logging
+
+    settings = _settings(args)
+    configure_logging("WARNING" if args.log_level is None else args.log_level, "text")
+    logging.getLogger("service").setLevel(logging.INFO)
+    engine = build_engine(settings)
+    la = None
+    if args.principle:
+        la = LinearAlignmentConfig(principle=args.principle, strength=args.strength, adaptive=args.adaptive,
+                                   kl_budget=args.kl_budget)
+
+    def show(ev: TokenEvent) -> None:
+        sys.stdout.write(ev.text)
+        sys.stdout.flush()
+
+    req = GenerationRequest(
+        "cli", [{"role": "user", "content": args.prompt}],
+        SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                       seed=args.seed),
+        AlignmentSpec(la=la), on_token=None if args.json else show,
+    )
+    [res] = engine.generate([req])
+    if args.json:
+        print(json.dumps({"text": res.text, "finish_reason": res.finish_reason,
+                          "completion_tokens": res.completion_tokens, "mean_strength": res.mean_strength},
+                         ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        strength = f", mean strength {res.mean_strength:.2f}" if res.mean_strength is not None else ""
+        print(f"[{res.completion_tokens} tokens, {res.finish_reason}, {res.total_s:.1f}s{strength}]",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from .models.provision import EMBEDDED_MODELS, ProvisionError, pull
+
+    settings = _settings(args)
+    names = list(EMBEDDED_MODELS) if args.name is None else [args.name]
+    try:
+        for name in names:
+            path = pull(name, settings.home, progress=lambda m: print(m, file=sys.stderr, flush=True))
+            print(path)
+    except ProvisionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from .models.provision import EMBEDDED_MODELS, embedded_dir
+
+    settings = _settings(args)
+    for m in EMBEDDED_MODELS.values():
+        ready = (embedded_dir(settings.home, m) / "hf" / "alignserve-source.json").is_file()
+        print(f"embedded:{m.name}\t{'pulled' if ready else 'not pulled'}\t{m.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignserve",
+        description="Inference-time alignment server: Linear Alignment per request, reward scoring, "
+        "versioned preference profiles. Flags override ALIGNSERVE_* environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API", description="Run the HTTP API (FastAPI + uvicorn). "
+                           "The model loads in the background; /readyz turns 200 when it is ready.")
+    _add_model_flags(serve)
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--db-url", help="profile DB: SQLAlchemy URL (default sqlite:///<home>/profiles.db; "
+                       "postgresql+psycopg://user:pw@host/db works)")
+    serve.add_argument("--max-batch-size", type=int, help="requests decoded together (default 8)")
+    serve.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
+    serve.add_argument("--request-timeout", type=float, help="seconds per request before 504 (default 300)")
+    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish work on SIGTERM")
+    serve.add_argument("--log-format", choices=["json", "text"], help="structured JSON lines (default) or text")
+    serve.set_defaults(func=cmd_serve)
+
+    gen = sub.add_parser("generate", help="one aligned generation, printed as it decodes",
+                         description="Load the model in-process and generate one answer, optionally with "
+                         "Linear Alignment toward a principle.")
+    _add_model_flags(gen)
+    gen.add_argument("prompt", help="the user message")
+    gen.add_argument("--principle", help="preference principle, e.g. 'Answer in one short sentence.'")
+    gen.add_argument("--strength", type=float, default=3.0, help="LA ratio r (default 3; 0 = principle prompt)")
+    gen.add_argument("--adaptive", action="store_true", help="per-token strength from a KL budget")
+    gen.add_argument("--kl-budget", type=float, default=0.1, help="adaptive: nats per token (default 0.1)")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    gen.set_defaults(func=cmd_generate)
+
+    models = sub.add_parser("models", help="provision models", description="Provision embedded models.")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    pull = msub.add_parser("pull", help="fetch, verify and convert an embedded model (no-op when done)")
+    pull.add_argument("name", nargs="?", help="embedded model name (default: all)")
+    pull.add_argument("--home", type=Path, help="cache folder (default ~/.cache/alignserve)")
+    pull.set_defaults(func=cmd_models_pull)
+    lst = msub.add_parser("list", help="list embedded models and whether they are pulled")
+    lst.add_argument("--home", type=Path)
+    lst.set_defaults(func=cmd_models_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Service settings: one typed object, read from flags, environment (``ALIGNSERVE_*``) or defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL = "embedded:qwen2.5-coder-0.5b-instruct"
+
+
+def default_home() -> Path:
+    return Path.home() / ".cache" / "alignserve"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Environment variables use the ``ALIGNSERVE_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="ALIGNSERVE_", extra="ignore")
+
+    # Where the model comes from: the embedded default, a local HF folder, or a hub id.
+    model: str = Field(EMBEDDED_MODEL, description="embedded:<name>, a local HF folder, or a hub id")
+    backend: Literal["transformers"] = Field("transformers", description="engine backend (vLLM: see issue 3)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"
+    home: Path = Field(default_factory=default_home, description="model cache and default DB live here")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/profiles.db")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Serving limits.
+    max_model_len: int = Field(4096, ge=16, description="prompt + generated tokens per stream")
+    max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask for")
+    max_batch_size: int = Field(8, ge=1, description="requests decoded together by the reference engine")
+    max_queue: int = Field(64, ge=1, description="requests waiting for the engine before 429")
+    request_timeout_s: float = Field(300.0, gt=0)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    default_system_prompt: str = Field(
+        "You are a helpful assistant.",
+        description="system message used (in both LA streams) when a request brings none",
+    )
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    def resolved_db_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        self.home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.home / 'profiles.db'}"

@@ -1,0 +1,92 @@
+"""The engine interface the API talks to; the transformers and vLLM backends implement it.
+
+Requests carry their own ``AlignmentSpec`` so that one batch can mix plain, Linear-Alignment and
+steered requests with different settings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+from ..alignment.sampling import SamplingParams
+from ..alignment.spec import AlignmentSpec, SteeringVector
+
+Message = dict[str, str]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass
+class TokenEvent:
+    request_id: str
+    token_id: int
+    text: str  # newly decodable text (may be empty while a multi-byte character is incomplete)
+    index: int  # 0-based position in the completion
+
+
+@dataclass
+class GenerationRequest:
+    request_id: str
+    messages: list[Message]
+    sampling: SamplingParams
+    alignment: AlignmentSpec = field(default_factory=AlignmentSpec)
+    on_token: Callable[[TokenEvent], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    principle_prompt_tokens: int | None
+    completion_tokens: int
+    strengths: list[float]  # r used per generated token (LA only)
+    first_token_s: float  # from engine start of this request to its first token
+    total_s: float
+
+    @property
+    def mean_strength(self) -> float | None:
+        return sum(self.strengths) / len(self.strengths) if self.strengths else None
+
+
+@dataclass(frozen=True)
+class PromptSize:
+    plain: int
+    principle: int | None
+
+    @property
+    def longest(self) -> int:
+        return max(self.plain, self.principle or 0)
+
+
+class Engine(Protocol):
+    backend: str
+    model_name: str
+    max_model_len: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+
+    def prompt_size(self, messages: list[Message], principle: str | None) -> PromptSize: ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def yes_probability(
+        self, conversations: Sequence[list[Message]], steering: Sequence[SteeringVector] = ()
+    ) -> list[float]:
+        """P("Yes") / (P("Yes") + P("No")) for the assistant's first token of each conversation."""
+        ...
+
+    def capture_head_activations(self, conversations: Sequence[list[Message]]) -> torch.Tensor:
+        """Per-head attention outputs (input of ``o_proj``) at the last prompt token:
+        ``[n, layers, heads, head_dim]`` float32."""
+        ...
+
+    def close(self) -> None: ...

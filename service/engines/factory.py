@@ -1,0 +1,25 @@
+"""Build the configured engine (the API only sees the ``Engine`` protocol)."""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import Settings
+from ..models.provision import resolve_model
+from .base import Engine
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> Engine:
+    path = resolve_model(settings.model, settings.home, progress=lambda m: log.info(m))
+    from transformers.utils import logging as hf_logging
+
+    from .transformers_engine import TransformersEngine
+
+    hf_logging.disable_progress_bar()
+
+    log.info("loading model", extra={"model": path, "backend": settings.backend, "device": settings.device})
+    return TransformersEngine(path, device=settings.device, dtype=settings.dtype,
+                              max_model_len=settings.max_model_len,
+                              default_system=settings.default_system_prompt)

@@ -1,0 +1,285 @@
+"""The transformers engine: the numerical reference (CPU or GPU), correctness before speed.
+
+Each request becomes one stream (plain) or two (plain + principle, for Linear Alignment). All
+streams of a batch are left-padded and decoded together with one KV cache; every step, the token
+of an LA request is drawn once from the combined distribution and fed to *both* of its streams.
+Finished requests are dropped from the cache so the batch shrinks as it goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from ..alignment.linear_alignment import LinearAlignmentConfig, linear_alignment_step
+from ..alignment.sampling import make_generator, select_token
+from ..alignment.spec import SteeringVector
+from .base import GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
+from .chat import with_principle, with_system
+from .hf_hooks import HeadCapture, SteeringHooks
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+           "float64": torch.float64}
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+@dataclass
+class _Live:
+    """Decoding state of one request inside a batch."""
+
+    req: GenerationRequest
+    plain_row: int
+    principle_row: int | None
+    prompt_tokens: int
+    principle_tokens: int | None
+    generator: torch.Generator | None
+    started: float
+    tokens: list[int] = field(default_factory=list)
+    strengths: list[float] = field(default_factory=list)
+    emitted_chars: int = 0
+    text: str = ""
+    first_token_s: float = 0.0
+    finish: str | None = None
+
+    @property
+    def la(self) -> LinearAlignmentConfig | None:
+        return self.req.alignment.la
+
+
+class TransformersEngine:
+    backend = "transformers"
+
+    def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto",
+                 max_model_len: int = 4096, default_system: str | None = None) -> None:
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.model_name = model_path
+        self.default_system = default_system
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"{model_path} has no chat template; alignserve needs one")
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).to(self.device)
+        self.model.eval()
+        cfg = self.model.config
+        self.num_layers = int(cfg.num_hidden_layers)
+        self.num_heads = int(cfg.num_attention_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.max_model_len = min(max_model_len, int(getattr(cfg, "max_position_embeddings", max_model_len)))
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(int(e) for e in eos)
+        self.yes_id, self.no_id = self._answer_token("Yes"), self._answer_token("No")
+        if self.yes_id == self.no_id:
+            raise ValueError("tokenizer maps 'Yes' and 'No' to the same first token")
+
+    # ---- prompts -------------------------------------------------------------------------
+    def _answer_token(self, word: str) -> int:
+        return int(self.tokenizer.encode(word, add_special_tokens=False)[0])
+
+    def encode_chat(self, messages: list[Message]) -> list[int]:
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+        return [int(i) for i in ids]
+
+    def _streams(self, req: GenerationRequest) -> tuple[list[int], list[int] | None]:
+        plain = self.encode_chat(with_system(req.messages, self.default_system))
+        la = req.alignment.la
+        principle = (
+            self.encode_chat(with_principle(req.messages, la.principle, self.default_system)) if la else None
+        )
+        return plain, principle
+
+    def prompt_size(self, messages: list[Message], principle: str | None) -> PromptSize:
+        plain = len(self.encode_chat(with_system(messages, self.default_system)))
+        with_p = (
+            len(self.encode_chat(with_principle(messages, principle, self.default_system)))
+            if principle else None
+        )
+        return PromptSize(plain, with_p)
+
+    # ---- batched forward helpers ---------------------------------------------------------
+    def _left_pad(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None,
+                 positions: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :].float(), out.past_key_values
+
+    # ---- generation ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if not requests:
+            return []
+        started = time.perf_counter()
+        seqs: list[list[int]] = []
+        steer_rows: list[tuple[SteeringVector, ...]] = []
+        lives: list[_Live] = []
+        for req in requests:
+            plain, principle = self._streams(req)
+            plain_row = len(seqs)
+            seqs.append(plain)
+            steer_rows.append(req.alignment.steering)
+            principle_row = None
+            if principle is not None:
+                principle_row = len(seqs)
+                seqs.append(principle)
+                steer_rows.append(req.alignment.steering)
+            gen = None if req.sampling.greedy else make_generator(req.sampling.seed)
+            lives.append(_Live(req, plain_row, principle_row, len(plain),
+                               len(principle) if principle else None, gen, started))
+
+        ids, mask = self._left_pad(seqs)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        hooks = SteeringHooks(self.model, steer_rows, self.head_dim, self.dtype, self.device)
+        with hooks:
+            logits, cache = self._forward(ids, mask, None, positions)
+            next_pos = positions[:, -1] + 1
+            rows = torch.arange(len(seqs), device=self.device)  # row index of each stream in the cache
+            hooks.phase = "decode"
+            while True:
+                feed = torch.full((len(seqs),), self.pad_id, dtype=torch.long, device=self.device)
+                self._step(lives, logits, rows, feed)
+                active = [lv for lv in lives if lv.finish is None]
+                if not active:
+                    break
+                keep_streams = sorted(
+                    s for lv in active for s in (lv.plain_row, lv.principle_row) if s is not None
+                )
+                if len(keep_streams) < int(rows.shape[0]):
+                    keep = torch.tensor([int((rows == s).nonzero()[0, 0]) for s in keep_streams],
+                                        device=self.device)
+                    for layer in cache.layers:
+                        layer.batch_select_indices(keep)
+                    mask, next_pos, rows = mask[keep], next_pos[keep], rows[keep]
+                    hooks.select_rows(keep)
+                step_ids = feed[rows].unsqueeze(-1)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+                logits, cache = self._forward(step_ids, mask, cache, next_pos.unsqueeze(-1))
+                next_pos = next_pos + 1
+        return [self._result(lv) for lv in lives]
+
+    def _step(self, lives: list[_Live], logits: torch.Tensor, rows: torch.Tensor, feed: torch.Tensor) -> None:
+        """Choose one token for every unfinished request and record it in ``feed`` (by stream id)."""
+        row_of = {int(s): i for i, s in enumerate(rows.tolist())}
+        active = [lv for lv in lives if lv.finish is None]
+        la_lives = [lv for lv in active if lv.la is not None]
+        aligned: dict[int, tuple[torch.Tensor, float]] = {}
+        if la_lives:
+            l_in = logits[[row_of[lv.principle_row] for lv in la_lives]]  # type: ignore[index]
+            l_out = logits[[row_of[lv.plain_row] for lv in la_lives]]
+            step = linear_alignment_step(l_in, l_out, [lv.la for lv in la_lives])  # type: ignore[misc]
+            for j, lv in enumerate(la_lives):
+                aligned[id(lv)] = (step.logits[j], float(step.strength[j]))
+        now = time.perf_counter()
+        for lv in active:
+            if lv.req.cancelled.is_set():
+                lv.finish = "cancelled"
+                continue
+            if id(lv) in aligned:
+                row_logits, r = aligned[id(lv)]
+                lv.strengths.append(r)
+            else:
+                row_logits = logits[row_of[lv.plain_row]]
+            token = select_token(row_logits, lv.req.sampling, lv.generator)
+            if not lv.tokens:
+                lv.first_token_s = now - lv.started
+            lv.tokens.append(token)
+            feed[lv.plain_row] = token
+            if lv.principle_row is not None:
+                feed[lv.principle_row] = token  # both streams receive the same token
+            self._advance_text(lv, token)
+
+    def _advance_text(self, lv: _Live, token: int) -> None:
+        sp = lv.req.sampling
+        lv.text = self.tokenizer.decode(lv.tokens, skip_special_tokens=True)
+        if token in self.eos_ids:
+            lv.finish = "stop"
+        hit = min((i for i in (lv.text.find(s) for s in sp.stop) if i >= 0), default=-1)
+        if hit >= 0:
+            lv.text = lv.text[:hit]
+            lv.finish = "stop"
+        longest_stream = max(lv.prompt_tokens, lv.principle_tokens or 0) + len(lv.tokens)
+        if lv.finish is None and (len(lv.tokens) >= sp.max_tokens or longest_stream >= self.max_model_len):
+            lv.finish = "length"
+        # Stream only text that is final: no half characters, nothing that could start a stop string.
+        hold = 0 if lv.finish else max((len(s) - 1 for s in sp.stop), default=0)
+        ready = len(lv.text) - hold
+        if not lv.finish and lv.text.endswith("\ufffd"):
+            ready = min(ready, len(lv.text.rstrip("\ufffd")))
+        delta = lv.text[lv.emitted_chars:ready] if ready > lv.emitted_chars else ""
+        if delta:
+            lv.emitted_chars = ready
+        if lv.req.on_token is not None:
+            lv.req.on_token(TokenEvent(lv.req.request_id, token, delta, len(lv.tokens) - 1))
+
+    def _result(self, lv: _Live) -> GenerationResult:
+        return GenerationResult(
+            request_id=lv.req.request_id, text=lv.text, token_ids=list(lv.tokens),
+            finish_reason=lv.finish or "length",  # type: ignore[arg-type]
+            prompt_tokens=lv.prompt_tokens, principle_prompt_tokens=lv.principle_tokens,
+            completion_tokens=len(lv.tokens), strengths=lv.strengths,
+            first_token_s=lv.first_token_s, total_s=time.perf_counter() - lv.started,
+        )
+
+    # ---- scoring and activations ---------------------------------------------------------
+    @torch.inference_mode()
+    def _last_logits(self, conversations: Sequence[list[Message]],
+                     steering: Sequence[SteeringVector] = ()) -> torch.Tensor:
+        seqs = [self.encode_chat(c) for c in conversations]
+        ids, mask = self._left_pad(seqs)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        with SteeringHooks(self.model, [tuple(steering)] * len(seqs), self.head_dim, self.dtype, self.device):
+            logits, _ = self._forward(ids, mask, None, positions)
+        return logits
+
+    def yes_probability(self, conversations: Sequence[list[Message]],
+                        steering: Sequence[SteeringVector] = ()) -> list[float]:
+        if not conversations:
+            return []
+        logits = self._last_logits(conversations, steering)
+        pair = torch.stack([logits[:, self.yes_id], logits[:, self.no_id]], dim=-1)
+        return torch.softmax(pair, dim=-1)[:, 0].tolist()
+
+    @torch.inference_mode()
+    def capture_head_activations(self, conversations: Sequence[list[Message]]) -> torch.Tensor:
+        seqs = [self.encode_chat(c) for c in conversations]
+        ids, mask = self._left_pad(seqs)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        with HeadCapture(self.model) as cap:
+            self._forward(ids, mask, None, positions)
+        stacked = torch.stack([cap.outputs[i] for i in range(self.num_layers)], dim=1)
+        return stacked.view(len(seqs), self.num_layers, self.num_heads, self.head_dim).cpu()
+
+    def close(self) -> None:
+        del self.model

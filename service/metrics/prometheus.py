@@ -1,0 +1,46 @@
+"""Prometheus metrics, one registry per app (no process-global state; tests build many apps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+STRENGTH_BUCKETS = (0.0, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 10, 20, 50, 100)
+SCORE_BUCKETS = tuple(i / 10 for i in range(11))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("alignserve_requests", "HTTP requests by route, status and profile",
+                                ["route", "status", "profile"], registry=r)
+        self.request_latency = Histogram("alignserve_request_latency_seconds", "End-to-end request latency",
+                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("alignserve_time_to_first_token_seconds",
+                              "From request arrival to the first generated token (queueing included)",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("alignserve_inter_token_latency_seconds", "Time between generated tokens",
+                             buckets=ITL_BUCKETS, registry=r)
+        self.queue_time = Histogram("alignserve_queue_time_seconds", "Time a request waited for the engine",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("alignserve_prompt_tokens", "Prompt tokens (plain stream)", registry=r)
+        self.generated_tokens = Counter("alignserve_generated_tokens", "Generated tokens", ["alignment"],
+                                        registry=r)
+        self.la_strength = Histogram("alignserve_la_strength", "Mean Linear Alignment strength per response",
+                                     ["mode"], buckets=STRENGTH_BUCKETS, registry=r)
+        self.scores = Histogram("alignserve_score", "Scores returned by /score", ["method"],
+                                buckets=SCORE_BUCKETS, registry=r)
+        self.queue_depth = Gauge("alignserve_queue_depth", "Requests waiting for the engine", registry=r)
+        self.in_flight = Gauge("alignserve_requests_in_flight", "Requests being handled", ["route"], registry=r)
+        self.model_ready = Gauge("alignserve_model_ready", "1 when the model is loaded and serving", registry=r)
+        self.finished = Counter("alignserve_generations", "Finished generations by finish reason",
+                                ["finish_reason"], registry=r)
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

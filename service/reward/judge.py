@@ -1,0 +1,40 @@
+"""The served LLM as a generative judge: reward = P("Yes") to an English rubric question.
+
+The probability is normalised over the two answer tokens, P(Yes) / (P(Yes) + P(No)), read from
+the assistant's first-token distribution, so it is comparable across candidates and languages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..engines.base import Engine, Message
+
+DEFAULT_RUBRIC = "Is the response helpful, correct and harmless?"
+JUDGE_SYSTEM = (
+    "You are a strict evaluator of AI assistant responses. Read the question, the response and the "
+    "criterion, then answer with a single word: Yes or No."
+)
+
+
+def rubric_for(principle: str | None, rubric: str | None) -> str:
+    if rubric and rubric.strip():
+        return rubric.strip()
+    if principle and principle.strip():
+        return f"Does the response follow this principle: {principle.strip()}"
+    return DEFAULT_RUBRIC
+
+
+def judge_conversation(prompt: str, response: str, rubric: str) -> list[Message]:
+    user = (
+        f"[Question]\n{prompt}\n\n[Response]\n{response}\n\n[Criterion]\n{rubric}\n\n"
+        "Answer Yes or No."
+    )
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+class GenerativeJudge:
+    name = "judge"
+
+    def score(self, engine: Engine, prompt: str, responses: Sequence[str], rubric: str) -> list[float]:
+        return engine.yes_probability([judge_conversation(prompt, r, rubric) for r in responses])

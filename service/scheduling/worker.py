@@ -1,0 +1,179 @@
+"""One thread owns the engine; asyncio handlers hand it work through a bounded queue.
+
+Why a thread: a model forward holds the GIL-free torch kernels for long stretches, and the event
+loop must keep answering health checks, metrics and streaming clients meanwhile. Why bounded:
+past ``max_queue`` waiting jobs a new request is refused at once (HTTP 429) instead of waiting
+unboundedly. Generation jobs waiting together are decoded as one batch (up to
+``max_batch_size``); other calls (scoring, activation capture) run one at a time between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..engines.base import Engine, GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Overloaded(RuntimeError):
+    """The admission queue is full."""
+
+
+class WorkerStopped(RuntimeError):
+    """The worker is shutting down or has stopped."""
+
+
+@dataclass
+class _Job:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    request: GenerationRequest | None = None
+    call: Callable[[Engine], Any] | None = None
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
+    def settle() -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    try:
+        job.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # loop closed: the caller is gone
+        pass
+
+
+def _cancelled_result(req: GenerationRequest) -> GenerationResult:
+    return GenerationResult(req.request_id, "", [], "cancelled", 0, None, 0, [], 0.0, 0.0)
+
+
+class EngineWorker:
+    def __init__(self, engine: Engine, max_queue: int, max_batch_size: int) -> None:
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self._live: set[str] = set()
+        self._live_lock = threading.Lock()
+        self.batches = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in progress (up to ``timeout``), fail everything still queued."""
+        self._stop.set()
+        self._thread.join(timeout)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            _resolve(job, error=WorkerStopped("server is shutting down"))
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def live_requests(self) -> set[str]:
+        with self._live_lock:
+            return set(self._live)
+
+    # ---- submission (event-loop side) ---------------------------------------------------
+    def _submit(self, job: _Job) -> None:
+        if self._stop.is_set():
+            raise WorkerStopped("server is shutting down")
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise Overloaded(f"{self._queue.maxsize} requests already waiting") from None
+
+    def submit_generate(self, request: GenerationRequest) -> asyncio.Future[GenerationResult]:
+        loop = asyncio.get_running_loop()
+        job = _Job(loop, loop.create_future(), request=request)
+        self._submit(job)
+        return job.future
+
+    def submit_call(self, call: Callable[[Engine], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        job = _Job(loop, loop.create_future(), call=call)
+        self._submit(job)
+        return job.future
+
+    # ---- worker thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        deferred: deque[_Job] = deque()
+        while not self._stop.is_set():
+            if deferred:
+                job = deferred.popleft()
+            else:
+                try:
+                    job = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            if job.future.cancelled():
+                continue
+            if job.call is not None:
+                self._run_call(job)
+                continue
+            batch = [job]
+            while len(batch) < self.max_batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt.future.cancelled():
+                    continue
+                (batch if nxt.request is not None else deferred).append(nxt)
+            self._run_batch(batch)
+
+    def _run_call(self, job: _Job) -> None:
+        try:
+            assert job.call is not None
+            _resolve(job, job.call(self.engine))
+        except Exception as exc:  # reported to the waiting handler, which maps it to an HTTP error
+            log.exception("engine call failed")
+            _resolve(job, error=exc)
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        runnable = []
+        for job in batch:
+            assert job.request is not None
+            if job.request.cancelled.is_set():
+                _resolve(job, _cancelled_result(job.request))
+            else:
+                runnable.append(job)
+        if not runnable:
+            return
+        ids = {j.request.request_id for j in runnable if j.request is not None}
+        with self._live_lock:
+            self._live |= ids
+        try:
+            results = self.engine.generate([j.request for j in runnable if j.request is not None])
+            for job, res in zip(runnable, results, strict=True):
+                _resolve(job, res)
+        except Exception as exc:
+            log.exception("generation batch failed")
+            for job in runnable:
+                _resolve(job, error=exc)
+        finally:
+            with self._live_lock:
+                self._live -= ids
+            self.batches += 1

@@ -1,0 +1,170 @@
+"""Named, versioned preference profiles in a SQL database (SQLite by default, PostgreSQL by URL).
+
+Every write of a name creates a new immutable version; readers ask for ``name`` (latest) or
+``name@version``. Compiled tensors (activation-RM heads, steering vectors) are stored as
+safetensors bytes in the same row, so a profile and its tensors commit atomically and nothing
+user-supplied is ever unpickled or used as a file path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.exc import IntegrityError
+
+SCHEMA_VERSION = 1
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+metadata = MetaData()
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("tensors", LargeBinary, nullable=True),
+    UniqueConstraint("name", "version", name="uq_profile_name_version"),
+)
+schema_migrations = Table(
+    "alignserve_schema",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+
+class ProfileConflict(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    name: str
+    version: int
+    created_at: float
+    spec: dict[str, Any]
+    tensors: bytes | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``name`` or ``name@version`` → (name, version); raises ValueError when malformed."""
+    name, sep, ver = ref.partition("@")
+    if not NAME_RE.match(name):
+        raise ValueError("profile names are 1-64 characters of a-z, 0-9, '_', '.', '-', starting alphanumeric")
+    if not sep:
+        return name, None
+    if not ver.isdigit() or int(ver) < 1:
+        raise ValueError("profile version must be a positive integer, as in name@3")
+    return name, int(ver)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class ProfileStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: SqlEngine = create_engine(url, future=True, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            current = conn.execute(select(func.max(schema_migrations.c.version))).scalar()
+            if current is None:
+                conn.execute(insert(schema_migrations).values(version=SCHEMA_VERSION, applied_at=time.time()))
+            elif current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"profile DB schema v{current} is newer than this alignserve (v{SCHEMA_VERSION})"
+                )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @staticmethod
+    def _record(row: Any) -> ProfileRecord:
+        return ProfileRecord(row.name, row.version, row.created_at, json.loads(row.spec), row.tensors)
+
+    def create(self, name: str, spec: dict[str, Any], tensors: bytes | None = None) -> ProfileRecord:
+        parse_ref(name)
+        body = json.dumps(spec, sort_keys=True)
+        for _ in range(5):  # concurrent writers of one name race for the next version number
+            try:
+                with self.engine.begin() as conn:
+                    latest = conn.execute(
+                        select(func.max(profiles.c.version)).where(profiles.c.name == name)
+                    ).scalar()
+                    version = (latest or 0) + 1
+                    now = time.time()
+                    conn.execute(insert(profiles).values(
+                        name=name, version=version, created_at=now, spec=body, tensors=tensors))
+                return ProfileRecord(name, version, now, json.loads(body), tensors)
+            except IntegrityError:
+                continue
+        raise ProfileConflict(f"could not allocate a version for {name!r}: too many concurrent writers")
+
+    def get(self, ref: str) -> ProfileRecord | None:
+        name, version = parse_ref(ref)
+        q = select(profiles).where(profiles.c.name == name)
+        q = q.where(profiles.c.version == version) if version else q.order_by(profiles.c.version.desc())
+        with self.engine.connect() as conn:
+            row = conn.execute(q.limit(1)).first()
+        return self._record(row) if row else None
+
+    def versions(self, name: str) -> list[ProfileRecord]:
+        parse_ref(name)
+        q = select(profiles).where(profiles.c.name == name).order_by(profiles.c.version)
+        with self.engine.connect() as conn:
+            return [self._record(r) for r in conn.execute(q)]
+
+    def list_latest(self) -> list[ProfileRecord]:
+        latest = (
+            select(profiles.c.name, func.max(profiles.c.version).label("v")).group_by(profiles.c.name).subquery()
+        )
+        q = (
+            select(profiles)
+            .join(latest, (profiles.c.name == latest.c.name) & (profiles.c.version == latest.c.v))
+            .order_by(profiles.c.name)
+        )
+        with self.engine.connect() as conn:
+            return [self._record(r) for r in conn.execute(q)]
+
+    def delete(self, name: str) -> int:
+        parse_ref(name)
+        with self.engine.begin() as conn:
+            return int(conn.execute(delete(profiles).where(profiles.c.name == name)).rowcount or 0)
