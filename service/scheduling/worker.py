@@ -10,6 +10,7 @@ unboundedly. Generation jobs waiting together are decoded as one batch (up to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -51,10 +52,8 @@ def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) 
         else:
             job.future.set_result(result)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # loop closed: the caller is gone
         job.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # loop closed: the caller is gone
-        pass
 
 
 def _cancelled_result(req: GenerationRequest) -> GenerationResult:

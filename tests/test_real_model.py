@@ -1,0 +1,82 @@
+"""The embedded 0.5B model (slow tier; CI runs it): provisioning fidelity and LA in the intended direction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.alignment.linear_alignment import LinearAlignmentConfig
+from service.alignment.sampling import SamplingParams
+from service.alignment.spec import AlignmentSpec
+from service.engines.base import GenerationRequest
+from service.engines.transformers_engine import TransformersEngine
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "Give me a tip for learning to cook.",
+    "What does a compiler do?",
+    "How do I stay focused while studying?",
+]
+
+
+def japanese_share(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    jp = sum(1 for c in chars if "\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff")
+    return jp / max(1, len(chars))
+
+
+@pytest.fixture(scope="module")
+def engine(real_model_dir: Path) -> TransformersEngine:
+    return TransformersEngine(str(real_model_dir), device="cpu", dtype="float32",
+                              default_system="You are a helpful assistant.")
+
+
+def run(engine: TransformersEngine, la: LinearAlignmentConfig | None, max_tokens: int = 40) -> list:
+    reqs = [GenerationRequest(str(i), [{"role": "user", "content": p}], SamplingParams(max_tokens=max_tokens),
+                              AlignmentSpec(la=la)) for i, p in enumerate(PROMPTS)]
+    return engine.generate(reqs)
+
+
+def test_japanese_principle_switches_script(engine: TransformersEngine) -> None:
+    base = run(engine, None)
+    la = run(engine, LinearAlignmentConfig("Always answer in Japanese.", strength=3.0))
+    base_share = sum(japanese_share(r.text) for r in base) / len(base)
+    la_share = sum(japanese_share(r.text) for r in la) / len(la)
+    print(f"japanese share: base {base_share:.2f} -> LA {la_share:.2f}")
+    assert base_share < 0.1
+    assert la_share > 0.5
+    assert sum(japanese_share(r.text) > 0.3 for r in la) >= 4
+
+
+def test_short_principle_shortens_answers_beyond_strength_zero(engine: TransformersEngine) -> None:
+    principle = "Answer in one short sentence."
+    base = run(engine, None)
+    r0 = run(engine, LinearAlignmentConfig(principle, strength=0.0))
+    r3 = run(engine, LinearAlignmentConfig(principle, strength=3.0))
+    mean = [sum(r.completion_tokens for r in rs) / len(rs) for rs in (base, r0, r3)]
+    print(f"mean completion tokens: base {mean[0]:.1f}, r=0 {mean[1]:.1f}, r=3 {mean[2]:.1f}")
+    assert mean[2] < mean[1] < mean[0]
+
+
+def test_converted_weights_match_the_gguf(real_model_dir: Path) -> None:
+    """The HF folder we ship to both engines reproduces transformers' own GGUF loading."""
+    pytest.importorskip("accelerate")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = real_model_dir.parent / "model.gguf"
+    if not gguf.is_file():
+        pytest.skip("GGUF was removed after conversion")
+    tok = AutoTokenizer.from_pretrained(real_model_dir)
+    ids = tok("The capital of France is Paris. The capital of Japan is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        ours = AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32)(ids).logits[0]
+        ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)(ids).logits[0]
+    rel = float((ours - ref).norm() / ref.norm())
+    print(f"relative logit error vs GGUF load: {rel:.4f}")
+    assert rel < 0.01  # bf16 storage of the de-quantized weights
+    assert (ours.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
