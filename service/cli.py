@@ -121,6 +121,39 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .store.api_keys import ApiKeyStore
+    from .store.profiles import ProfileStore
+
+    return ApiKeyStore(ProfileStore(_settings(args, {"db_url": args.db_url}).resolved_db_url()).engine)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    try:
+        token, key = _key_store(args).create(args.name, [s.strip() for s in args.scopes.split(",") if s.strip()])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"created key {key.key_id} ({args.name}) with scopes {','.join(sorted(key.scopes))}", file=sys.stderr)
+    print("the token is shown once; store it now:", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    for k in _key_store(args).all():
+        print(f"{k.key_id}\t{k.name}\t{','.join(sorted(k.scopes))}\t{'revoked' if k.revoked else 'active'}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    if not _key_store(args).revoke(args.key_id):
+        print(f"error: no key {args.key_id}", file=sys.stderr)
+        return 2
+    print(f"revoked {args.key_id}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignserve",
@@ -168,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     lst = msub.add_parser("list", help="list embedded models and whether they are pulled")
     lst.add_argument("--home", type=Path)
     lst.set_defaults(func=cmd_models_list)
+
+    keys = sub.add_parser("keys", help="manage API keys", description="Manage API keys (stored hashed in the "
+                          "profile DB). Keys are enforced when the server runs with ALIGNSERVE_REQUIRE_API_KEY=true.")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    for name, helptext, func in (("create", "create a key and print its token once", cmd_keys_create),
+                                 ("list", "list keys (never their tokens)", cmd_keys_list),
+                                 ("revoke", "revoke a key by id", cmd_keys_revoke)):
+        kp = ksub.add_parser(name, help=helptext)
+        kp.add_argument("--home", type=Path)
+        kp.add_argument("--db-url", help="profile DB URL (default sqlite:///<home>/profiles.db)")
+        if name == "create":
+            kp.add_argument("name", help="a label for the key's owner")
+            kp.add_argument("--scopes", default="generate,score,read",
+                            help="comma-separated: read, score, generate, admin (default generate,score,read)")
+        if name == "revoke":
+            kp.add_argument("key_id")
+        kp.set_defaults(func=func)
     return parser
 
 

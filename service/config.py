@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         description="system message used (in both LA streams) when a request brings none",
     )
 
+    require_api_key: bool = Field(False, description="demand a bearer API key (see `alignserve keys`)")
+    rate_limit_per_minute: int = Field(0, ge=0, description="requests per minute per API key; 0 = unlimited")
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

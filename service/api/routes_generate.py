@@ -18,6 +18,7 @@ from ..alignment.sampling import SamplingParams
 from ..alignment.spec import AlignmentSpec
 from ..engines.base import GenerationRequest, GenerationResult, Message, TokenEvent
 from ..scheduling.worker import Overloaded, WorkerStopped
+from .auth import require
 from .errors import ApiError
 from .routes_profiles import resolve_profile
 from .schemas import (
@@ -111,8 +112,15 @@ async def _prepare(body: GenerateRequest, request: Request, services: Services) 
 
 def _submit(services: Services, req: GenerationRequest) -> asyncio.Future[GenerationResult]:
     worker, _ = ready_worker(services)
+
+    def count(fut: asyncio.Future[GenerationResult]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            services.metrics.finished.labels(fut.result().finish_reason).inc()
+
     try:
-        return worker.submit_generate(req)
+        fut = worker.submit_generate(req)
+        fut.add_done_callback(count)
+        return fut
     except Overloaded as exc:
         raise ApiError(429, "overloaded", f"server is busy ({exc}); retry later",
                        headers={"Retry-After": "2"}) from None
@@ -129,7 +137,6 @@ def _response(services: Services, req: GenerationRequest, result: GenerationResu
     m.queue_time.observe(queue_s)
     m.prompt_tokens.inc(result.prompt_tokens)
     m.generated_tokens.labels("linear_alignment" if req.alignment.la else "none").inc(result.completion_tokens)
-    m.finished.labels(result.finish_reason).inc()
     if req.alignment.la is not None and result.mean_strength is not None:
         m.la_strength.labels("adaptive" if req.alignment.la.adaptive else "fixed").observe(result.mean_strength)
     decode_s = max(result.total_s - result.first_token_s, 1e-9)
@@ -166,7 +173,8 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-@router.post("/generate", response_model=GenerateResponse, responses=_ERRORS)
+@router.post("/generate", response_model=GenerateResponse, responses=_ERRORS,
+             dependencies=[Depends(require("generate"))])
 async def generate(body: GenerateRequest, request: Request, services: Services = Depends(get_services)) -> Any:
     req, spec, label, arrived = await _prepare(body, request, services)
     loop = asyncio.get_running_loop()

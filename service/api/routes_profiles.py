@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from ..store.profiles import ProfileConflict, ProfileRecord, parse_ref
+from .auth import require
 from .errors import ApiError
 from .schemas import ErrorResponse, ProfileCreate, ProfileOut, ProfileSpec
 from .services import Services, get_services
@@ -35,7 +36,7 @@ def resolve_profile(services: Services, request: Request,
     return ProfileSpec.model_validate(rec.spec), rec.ref
 
 
-@router.post("/profiles", status_code=201, response_model=ProfileOut)
+@router.post("/profiles", status_code=201, response_model=ProfileOut, dependencies=[Depends(require("admin"))])
 def create_profile(body: ProfileCreate, services: Services = Depends(get_services)) -> ProfileOut:
     spec = ProfileSpec.model_validate(body.model_dump(exclude={"name"}))
     try:
@@ -45,12 +46,12 @@ def create_profile(body: ProfileCreate, services: Services = Depends(get_service
     return to_out(rec)
 
 
-@router.get("/profiles", response_model=list[ProfileOut])
+@router.get("/profiles", response_model=list[ProfileOut], dependencies=[Depends(require("read"))])
 def list_profiles(services: Services = Depends(get_services)) -> list[ProfileOut]:
     return [to_out(r) for r in services.store.list_latest()]
 
 
-@router.get("/profiles/{ref}", response_model=ProfileOut)
+@router.get("/profiles/{ref}", response_model=ProfileOut, dependencies=[Depends(require("read"))])
 def get_profile(ref: str, services: Services = Depends(get_services)) -> ProfileOut:
     try:
         rec = services.store.get(ref)
@@ -61,7 +62,8 @@ def get_profile(ref: str, services: Services = Depends(get_services)) -> Profile
     return to_out(rec)
 
 
-@router.get("/profiles/{name}/versions", response_model=list[ProfileOut])
+@router.get("/profiles/{name}/versions", response_model=list[ProfileOut],
+            dependencies=[Depends(require("read"))])
 def list_versions(name: str, services: Services = Depends(get_services)) -> list[ProfileOut]:
     try:
         recs = services.store.versions(name)
@@ -72,7 +74,7 @@ def list_versions(name: str, services: Services = Depends(get_services)) -> list
     return [to_out(r) for r in recs]
 
 
-@router.delete("/profiles/{name}", status_code=204)
+@router.delete("/profiles/{name}", status_code=204, dependencies=[Depends(require("admin"))])
 def delete_profile(name: str, services: Services = Depends(get_services)) -> Response:
     try:
         parse_ref(name)

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..reward.judge import rubric_for
 from ..scheduling.worker import Overloaded, WorkerStopped
+from .auth import require
 from .errors import ApiError
 from .routes_profiles import resolve_profile
 from .schemas import ErrorResponse, ScoreRequest, ScoreResponse
@@ -19,7 +20,7 @@ router = APIRouter(tags=["score"])
 _ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in (404, 413, 422, 429, 503, 504)}
 
 
-@router.post("/score", response_model=ScoreResponse, responses=_ERRORS)
+@router.post("/score", response_model=ScoreResponse, responses=_ERRORS, dependencies=[Depends(require("score"))])
 async def score(body: ScoreRequest, request: Request, services: Services = Depends(get_services)) -> ScoreResponse:
     worker, engine = ready_worker(services)
     spec, label = await run_in_threadpool(resolve_profile, services, request, body.profile)

@@ -14,6 +14,7 @@ from ..engines.base import Engine
 from ..metrics.prometheus import Metrics
 from ..reward import Scorer
 from ..scheduling.worker import EngineWorker
+from ..store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
 from ..store.profiles import ProfileStore
 from .errors import ApiError
 
@@ -29,6 +30,9 @@ class Services:
     metrics: Metrics
     scorers: dict[str, Scorer]
     engine_factory: EngineFactory
+    keys: ApiKeyStore
+    verifier: KeyVerifier
+    limiter: RateLimiter | None = None
     worker: EngineWorker | None = None
     engine: Engine | None = None
     load_error: str | None = None
@@ -44,7 +48,7 @@ class Services:
             engine = self.engine_factory(self.settings)
             worker = EngineWorker(engine, self.settings.max_queue, self.settings.max_batch_size)
             worker.start()
-            self.metrics.watch_queue(lambda: worker.depth)
+            self.metrics.watch_worker(lambda: worker.depth, lambda: len(worker.live_requests))
             self.engine, self.worker = engine, worker
             self.metrics.model_ready.set(1)
             log.info("model ready", extra={"model": engine.model_name, "backend": engine.backend})

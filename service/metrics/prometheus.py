@@ -35,12 +35,15 @@ class Metrics:
                                 buckets=SCORE_BUCKETS, registry=r)
         self.queue_depth = Gauge("alignserve_queue_depth", "Requests waiting for the engine", registry=r)
         self.in_flight = Gauge("alignserve_requests_in_flight", "Requests being handled", ["route"], registry=r)
+        self.engine_live = Gauge("alignserve_engine_live_requests", "Requests the engine is decoding now",
+                                 registry=r)
         self.model_ready = Gauge("alignserve_model_ready", "1 when the model is loaded and serving", registry=r)
         self.finished = Counter("alignserve_generations", "Finished generations by finish reason",
                                 ["finish_reason"], registry=r)
 
-    def watch_queue(self, depth: Callable[[], int]) -> None:
+    def watch_worker(self, depth: Callable[[], int], live: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
+        self.engine_live.set_function(lambda: float(live()))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
