@@ -112,3 +112,9 @@ def test_seeded_sampling_is_reproducible_and_respects_top_k() -> None:
     seq2 = [select_token(logits, params, gen2) for _ in range(20)]
     assert seq1 == seq2 and len(set(a)) == 1
     assert all(t < 5 for t in seq1)
+
+
+def test_tiny_temperature_is_greedy_not_nan() -> None:
+    logits = torch.tensor([1.0, 3.0, 2.0, -50.0])
+    for t in (1e-300, 1e-8):
+        assert select_token(logits, SamplingParams(temperature=t, seed=1), make_generator(1)) == 1

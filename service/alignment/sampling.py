@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 import torch
 
 
+# Below this, logits / T overflows float32 for ordinary logit gaps; such a T means "greedy" anyway.
+MIN_TEMPERATURE = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0  # 0 (or below MIN_TEMPERATURE) = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     seed: int | None = None
@@ -22,7 +26,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -22,10 +22,10 @@ class LASettings(Strict):
     enabled: bool = True
     strength: float = Field(3.0, ge=0.0, le=100.0, description="fixed ratio r in l_in + r (l_in - l_out)")
     adaptive: bool = Field(False, description="per-token r from a KL budget instead of a fixed r")
-    kl_budget: float = Field(0.1, gt=0.0, le=10.0, description="adaptive: nats per token")
+    kl_budget: float = Field(0.1, ge=1e-6, le=10.0, description="adaptive: nats per token")
     max_strength: float = Field(10.0, ge=0.0, le=100.0, description="adaptive: upper clip on r")
     plausibility_top_p: float = Field(0.8, gt=0.0, le=1.0)
-    plausibility_temperature: float = Field(0.5, gt=0.0, le=10.0)
+    plausibility_temperature: float = Field(0.5, ge=0.01, le=10.0)
 
     def to_config(self, principle: str) -> LinearAlignmentConfig:
         return LinearAlignmentConfig(

@@ -169,9 +169,12 @@ class EngineWorker:
             for job, res in zip(runnable, results, strict=True):
                 _resolve(job, res)
         except Exception as exc:
-            log.exception("generation batch failed")
-            for job in runnable:
-                _resolve(job, error=exc)
+            if len(runnable) == 1:
+                log.exception("generation failed", extra={"request_id": next(iter(ids))})
+                _resolve(runnable[0], error=exc)
+            else:  # isolate the culprit: one bad request must not fail its batch-mates
+                for job in runnable:
+                    self._run_batch([job])
         finally:
             with self._live_lock:
                 self._live -= ids

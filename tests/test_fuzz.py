@@ -1,0 +1,77 @@
+"""Property-based fuzzing of the OpenAPI schema with schemathesis: no 5xx, no hangs."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+
+from service.api.app import create_app  # noqa: E402
+
+from .conftest import make_settings  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def live_base(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    app = create_app(make_settings(tmp, tiny_model_dir, max_tokens_limit=16, request_timeout_s=20))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    yield base
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_openapi_fuzz_no_server_errors(live_base: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{live_base}/openapi.json")
+    failures: list[str] = []
+    calls = 0
+    for op_result in schema.get_all_operations():
+        op = op_result.ok()
+
+        @settings(max_examples=25, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def run(case) -> None:  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            started = time.time()
+            response = case.call(base_url=live_base, timeout=30)
+            assert time.time() - started < 30, f"{op.label} took too long"
+            try:
+                case.validate_response(response, checks=[not_a_server_error])
+            except Exception as exc:  # collect, so one run reports every failing operation
+                failures.append(f"{op.label}: {exc}")
+                raise
+
+        try:
+            run()
+        except Exception:
+            pass
+    assert calls > 100
+    assert not failures, "\n".join(failures[:10])
