@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-
 # Below this, logits / T overflows float32 for ordinary logit gaps; such a T means "greedy" anyway.
 MIN_TEMPERATURE = 1e-5
 
