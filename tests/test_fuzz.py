@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -10,17 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import schemathesis
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
 
-schemathesis = pytest.importorskip("schemathesis")
-import contextlib
+from service.api.app import create_app
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-
-from service.api.app import create_app  # noqa: E402
-
-from .conftest import make_settings  # noqa: E402
+from .conftest import make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +57,7 @@ def test_openapi_fuzz_no_server_errors(live_base: str) -> None:
         @settings(max_examples=25, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         @given(case=op.as_strategy())
-        def run(case) -> None:  # type: ignore[no-untyped-def]
+        def run(case, op=op) -> None:  # type: ignore[no-untyped-def]
             nonlocal calls
             calls += 1
             started = time.time()
