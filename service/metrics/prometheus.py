@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -12,9 +12,19 @@ STRENGTH_BUCKETS = (0.0, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 10, 20, 50, 100)
 SCORE_BUCKETS = tuple(i / 10 for i in range(11))
 
 
+def _cuda_allocated() -> float:
+    import torch
+
+    return float(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0.0
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
+        self.gpu_memory = Gauge("alignserve_gpu_memory_allocated_bytes", "torch CUDA memory allocated",
+                                registry=r)
+        self.gpu_memory.set_function(_cuda_allocated)
         self.requests = Counter("alignserve_requests", "HTTP requests by route, status and profile",
                                 ["route", "status", "profile"], registry=r)
         self.request_latency = Histogram("alignserve_request_latency_seconds", "End-to-end request latency",

@@ -9,6 +9,7 @@ user-supplied is ever unpickled or used as a file path.
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import IntegrityError
@@ -123,9 +125,11 @@ class ProfileStore:
     def create(self, name: str, spec: dict[str, Any], tensors: bytes | None = None) -> ProfileRecord:
         parse_ref(name)
         body = json.dumps(spec, sort_keys=True)
-        for _ in range(5):  # concurrent writers of one name race for the next version number
+        for attempt in range(20):  # concurrent writers of one name race for the next version number
             try:
                 with self.engine.begin() as conn:
+                    if self.engine.dialect.name == "postgresql":  # serialize writers of this name
+                        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": name})
                     latest = conn.execute(
                         select(func.max(profiles.c.version)).where(profiles.c.name == name)
                     ).scalar()
@@ -135,7 +139,7 @@ class ProfileStore:
                         name=name, version=version, created_at=now, spec=body, tensors=tensors))
                 return ProfileRecord(name, version, now, json.loads(body), tensors)
             except IntegrityError:
-                continue
+                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise ProfileConflict(f"could not allocate a version for {name!r}: too many concurrent writers")
 
     def get(self, ref: str) -> ProfileRecord | None:

@@ -1,0 +1,160 @@
+"""Bounded load test of a running alignserve (loopback or the project's own hosts only).
+
+Ramps concurrency through the given levels, each for an equal share of --duration, sending
+/generate requests (half with a Linear-Alignment profile). Reports throughput, latency
+percentiles, status counts, requests that hung past --hang-after, and server memory (RSS and GPU)
+read from /metrics at start and end. Every loop is bounded in count and time and stops by itself.
+
+Usage: python bench/load.py --url http://127.0.0.1:8000 --levels 1,4,16,32 --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+PROMPTS = ["Why is the sky blue?", "Give me a tip for learning to cook.", "What does a compiler do?",
+           "Write a haiku about autumn.", "Explain recursion to a child.", "What is a hash map?"]
+PROFILE = {"principle": "Answer in one short sentence.", "la": {"strength": 3.0}}
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class Stage:
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
+    hung: int = 0
+    wall_s: float = 0.0
+
+    def summary(self) -> dict:
+        lat = sorted(self.latencies)
+        pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)) if lat else (lambda q: None)
+        ok = self.statuses.get("200", 0)
+        return {"concurrency": self.concurrency, "requests": sum(self.statuses.values()) + self.hung,
+                "ok": ok, "statuses": dict(sorted(self.statuses.items())), "hung": self.hung,
+                "req_per_s": round(ok / self.wall_s, 2) if self.wall_s else 0.0,
+                "tokens_per_s": round(self.tokens / self.wall_s, 1) if self.wall_s else 0.0,
+                "p50_s": pct(0.5), "p99_s": pct(0.99),
+                "mean_s": round(statistics.fmean(lat), 3) if lat else None}
+
+
+async def memory(client: httpx.AsyncClient) -> dict[str, float]:
+    out = {}
+    for line in (await client.get("/metrics")).text.splitlines():
+        for name in ("process_resident_memory_bytes", "alignserve_gpu_memory_allocated_bytes"):
+            if line.startswith(name + " "):
+                out[name] = float(line.split()[-1])
+    return out
+
+
+async def run_stage(client: httpx.AsyncClient, stage: Stage, seconds: float, max_tokens: int,
+                    hang_after: float, rng: random.Random) -> None:
+    end = time.monotonic() + seconds
+
+    async def user() -> None:
+        while time.monotonic() < end:
+            body = {"prompt": rng.choice(PROMPTS), "max_tokens": max_tokens}
+            if rng.random() < 0.5:
+                body["profile"] = PROFILE
+            t0 = time.monotonic()
+            try:
+                r = await client.post("/generate", json=body, timeout=hang_after)
+            except httpx.TimeoutException:
+                stage.hung += 1
+                continue
+            except httpx.TransportError as exc:
+                stage.statuses[type(exc).__name__] = stage.statuses.get(type(exc).__name__, 0) + 1
+                await asyncio.sleep(0.1)
+                continue
+            stage.statuses[str(r.status_code)] = stage.statuses.get(str(r.status_code), 0) + 1
+            if r.status_code == 200:
+                stage.latencies.append(time.monotonic() - t0)
+                stage.tokens += r.json()["usage"]["completion_tokens"]
+            elif r.status_code == 429:
+                await asyncio.sleep(min(2.0, float(r.headers.get("retry-after", "1"))) * rng.random())
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(user() for _ in range(stage.concurrency)))
+    stage.wall_s = time.monotonic() - t0
+
+
+async def run(url: str, levels: list[int], duration: float, max_tokens: int, hang_after: float,
+              seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=max(levels) + 4)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=hang_after) as client:
+        ready = await client.get("/readyz")
+        if ready.status_code != 200:
+            raise SystemExit(f"server not ready: {ready.text}")
+        mem_start = await memory(client)
+        stages = [Stage(c) for c in levels]
+        for st in stages:
+            await run_stage(client, st, duration / len(levels), max_tokens, hang_after, rng)
+            print(json.dumps(st.summary()), file=sys.stderr, flush=True)
+        await asyncio.sleep(1.0)
+        mem_end = await memory(client)
+        info = ready.json()
+    rows = [s.summary() for s in stages]
+    total_5xx = sum(n for s in rows for code, n in s["statuses"].items() if code.startswith("5"))
+    return {"url": url, "model": info.get("model"), "backend": info.get("backend"), "levels": levels,
+            "duration_s": duration, "max_tokens": max_tokens, "stages": rows,
+            "total_5xx": total_5xx, "total_hung": sum(s["hung"] for s in rows),
+            "memory_start": mem_start, "memory_end": mem_end}
+
+
+def markdown(result: dict, device: str, command: str) -> str:
+    rss0 = result["memory_start"].get("process_resident_memory_bytes", 0) / 2**20
+    rss1 = result["memory_end"].get("process_resident_memory_bytes", 0) / 2**20
+    gpu0 = result["memory_start"].get("alignserve_gpu_memory_allocated_bytes", 0) / 2**20
+    gpu1 = result["memory_end"].get("alignserve_gpu_memory_allocated_bytes", 0) / 2**20
+    lines = [f"# Load test on {device}", "", f"Backend `{result['backend']}`, model `{result['model']}`, "
+             f"max_tokens={result['max_tokens']}, half the requests with Linear Alignment. Reproduce: `{command}`.",
+             "", "| concurrency | requests | ok | statuses | hung | req/s | tokens/s | p50 s | p99 s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in result["stages"]:
+        lines.append(f"| {s['concurrency']} | {s['requests']} | {s['ok']} | {s['statuses']} | {s['hung']} | "
+                     f"{s['req_per_s']} | {s['tokens_per_s']} | {s['p50_s']} | {s['p99_s']} |")
+    lines += ["", f"5xx: {result['total_5xx']}, hung: {result['total_hung']}. Server RSS {rss0:.0f} → "
+              f"{rss1:.0f} MiB; GPU memory allocated {gpu0:.0f} → {gpu1:.0f} MiB."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--levels", default="1,4,16,32", help="concurrency levels, ramped in order")
+    ap.add_argument("--duration", type=float, default=60.0, help="total seconds over all levels")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--hang-after", type=float, default=120.0, help="a request slower than this counts as hung")
+    ap.add_argument("--device", default="unknown", help="device label for the report")
+    ap.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
+    args = ap.parse_args(argv)
+    if urlparse(args.url).hostname not in LOCAL_HOSTS:
+        raise SystemExit("refusing to load a non-loopback address")
+    levels = [int(x) for x in args.levels.split(",")]
+    result = asyncio.run(run(args.url, levels, args.duration, args.max_tokens, args.hang_after))
+    command = "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    md = markdown(result, args.device, command)
+    print(md)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"device": args.device, "command": command, **result},
+                                                            indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(md)
+    return 0 if result["total_5xx"] == 0 and result["total_hung"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
