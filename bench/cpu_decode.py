@@ -71,7 +71,7 @@ def main() -> int:
     meta = {"device": device, "dtype": str(engine.dtype), "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
             "model": args.model, "max_tokens": args.max_tokens,
-            "command": "python bench/cpu_decode.py --max-tokens %d" % args.max_tokens}
+            "command": f"python bench/cpu_decode.py --max-tokens {args.max_tokens}"}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"cpu_decode_{engine.device.type}"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
