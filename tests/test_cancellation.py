@@ -95,3 +95,25 @@ def test_disconnect_while_waiting_for_json_cancels(slow_server: tuple[str, Any])
     # the server is still healthy and serves the next request
     r = httpx.post(f"{base}/generate", json={"prompt": "hi", "max_tokens": 3}, timeout=30)
     assert r.status_code == 200
+
+
+def test_request_timeout_is_504_and_frees_the_engine(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from .conftest import open_client
+
+    c = open_client(make_settings(tmp_path, tiny_model_dir, request_timeout_s=0.5, max_tokens_limit=200))
+    try:
+        services = c.app.state.services  # type: ignore[attr-defined]
+        forward = services.engine._forward
+
+        def slow_forward(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.05)
+            return forward(*args, **kwargs)
+
+        services.engine._forward = slow_forward
+        r = c.post("/generate", json={"prompt": "Tell me a long story.", "max_tokens": 200})
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+        _wait_idle(services, 5)
+        services.engine._forward = forward
+        assert c.post("/generate", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+    finally:
+        c.__exit__(None, None, None)

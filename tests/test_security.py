@@ -17,7 +17,9 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_scopes_401_403_and_revocation(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_scopes_401_403_and_revocation(tmp_path: Path, tiny_model_dir: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
     settings = make_settings(tmp_path, tiny_model_dir, require_api_key=True)
     keys = ApiKeyStore(ProfileStore(settings.resolved_db_url()).engine)
     gen_token, _ = keys.create("app", ["generate", "read"])
@@ -49,6 +51,9 @@ def test_scopes_401_403_and_revocation(tmp_path: Path, tiny_model_dir: Path) -> 
         assert gone.status_code == 401
     finally:
         c.__exit__(None, None, None)
+    for token in (gen_token, score_token, admin_token):  # secrets never reach the logs
+        assert token not in caplog.text and token.split("_", 2)[2] not in caplog.text
+    assert "alignserve.access" in caplog.text  # the access log did run
     raw = (tmp_path / "p.db").read_bytes() + b"".join(
         p.read_bytes() for p in tmp_path.glob("p.db-*") if p.is_file())
     for token in (gen_token, score_token, admin_token):
