@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,46 +9,26 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from service.api.app import create_app
 
 from .conftest import make_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .server_proc import serve_in_thread
 
 
 @pytest.fixture
 def slow_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Any]]:
     app = create_app(make_settings(tmp_path, tiny_model_dir, max_model_len=512, max_tokens_limit=400))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    services = app.state.services
-    forward = services.engine._forward
+    with serve_in_thread(app) as base:
+        services = app.state.services
+        forward = services.engine._forward
 
-    def slow_forward(*args: Any, **kwargs: Any) -> Any:  # 30 ms a step: long enough to hang up mid-way
-        time.sleep(0.03)
-        return forward(*args, **kwargs)
+        def slow_forward(*args: Any, **kwargs: Any) -> Any:  # 30 ms a step: long enough to hang up mid-way
+            time.sleep(0.03)
+            return forward(*args, **kwargs)
 
-    services.engine._forward = slow_forward
-    yield base, services
-    server.should_exit = True
-    thread.join(15)
+        services.engine._forward = slow_forward
+        yield base, services
 
 
 def _wait_idle(services: Any, timeout: float = 10.0) -> None:

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from service.api.app import create_app
 
 from .conftest import make_settings
+from .server_proc import serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -27,24 +24,8 @@ pytestmark = pytest.mark.slow
 def live_base(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("fuzz")
     app = create_app(make_settings(tmp, tiny_model_dir, max_tokens_limit=16, request_timeout_s=20))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    yield base
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as base:
+        yield base
 
 
 def test_openapi_fuzz_no_server_errors(live_base: str) -> None:

@@ -15,6 +15,8 @@ import pytest
 from service.store.api_keys import ApiKeyStore
 from service.store.profiles import ProfileStore
 
+from .test_store import assert_concurrent_writers_get_distinct_versions
+
 pytestmark = pytest.mark.slow
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
@@ -71,21 +73,4 @@ def test_profiles_on_postgres(pg_url: str) -> None:
 
 
 def test_concurrent_writers_get_distinct_versions(pg_url: str) -> None:
-    import threading
-
-    store = ProfileStore(pg_url)
-    versions: list[int] = []
-    lock = threading.Lock()
-
-    def write() -> None:
-        for _ in range(10):
-            v = store.create("race", {"principle": "x"}).version
-            with lock:
-                versions.append(v)
-
-    threads = [threading.Thread(target=write) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(versions) == list(range(1, 41))
+    assert_concurrent_writers_get_distinct_versions(ProfileStore(pg_url))

@@ -19,23 +19,26 @@ def test_parse_ref() -> None:
             parse_ref(bad)
 
 
-def test_same_name_concurrent_writers_sqlite(tmp_path: Path) -> None:
-    store = ProfileStore(f"sqlite:///{tmp_path / 's.db'}")
+def assert_concurrent_writers_get_distinct_versions(store: ProfileStore, writers: int = 4, each: int = 10) -> None:
     versions: list[int] = []
     lock = threading.Lock()
 
     def write() -> None:
-        for _ in range(10):
+        for _ in range(each):
             v = store.create("race", {"principle": "x"}).version
             with lock:
                 versions.append(v)
 
-    threads = [threading.Thread(target=write) for _ in range(4)]
+    threads = [threading.Thread(target=write) for _ in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(versions) == list(range(1, 41))
+    assert sorted(versions) == list(range(1, writers * each + 1))
+
+
+def test_same_name_concurrent_writers_sqlite(tmp_path: Path) -> None:
+    assert_concurrent_writers_get_distinct_versions(ProfileStore(f"sqlite:///{tmp_path / 's.db'}"))
 
 
 def test_refuses_a_newer_schema(tmp_path: Path) -> None:

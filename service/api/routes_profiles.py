@@ -18,6 +18,17 @@ def to_out(rec: ProfileRecord) -> ProfileOut:
                       spec=ProfileSpec.model_validate(rec.spec))
 
 
+def lookup(services: Services, ref: str) -> ProfileRecord:
+    """The stored profile ``ref`` (``name`` or ``name@version``), or the matching 4xx."""
+    try:
+        rec = services.store.get(ref)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_profile_ref", str(exc)) from None
+    if rec is None:
+        raise ApiError(404, "profile_not_found", f"no profile {ref!r}")
+    return rec
+
+
 def resolve_profile(services: Services, request: Request,
                     profile: str | ProfileSpec | None) -> tuple[ProfileSpec | None, str | None]:
     """A request's profile as a spec plus its label for reports and metrics."""
@@ -26,12 +37,7 @@ def resolve_profile(services: Services, request: Request,
     if isinstance(profile, ProfileSpec):
         request.state.profile_label = "inline"
         return profile, "inline"
-    try:
-        rec = services.store.get(profile)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_profile_ref", str(exc)) from None
-    if rec is None:
-        raise ApiError(404, "profile_not_found", f"no profile {profile!r}")
+    rec = lookup(services, profile)
     request.state.profile_label = rec.name
     return ProfileSpec.model_validate(rec.spec), rec.ref
 
@@ -53,13 +59,7 @@ def list_profiles(services: Services = Depends(get_services)) -> list[ProfileOut
 
 @router.get("/profiles/{ref}", response_model=ProfileOut, dependencies=[Depends(require("read"))])
 def get_profile(ref: str, services: Services = Depends(get_services)) -> ProfileOut:
-    try:
-        rec = services.store.get(ref)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_profile_ref", str(exc)) from None
-    if rec is None:
-        raise ApiError(404, "profile_not_found", f"no profile {ref!r}")
-    return to_out(rec)
+    return to_out(lookup(services, ref))
 
 
 @router.get("/profiles/{name}/versions", response_model=list[ProfileOut],
