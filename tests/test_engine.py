@@ -150,3 +150,25 @@ def test_engine_is_safe_to_call_from_a_thread(tiny_engine: TransformersEngine) -
     t.start()
     t.join(30)
     assert out
+
+
+def test_principle_placement_user() -> None:
+    convo = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+             {"role": "user", "content": "second"}]
+    out = with_principle(convo, "Be brief.", "SYS", placement="user")
+    assert out[0] == {"role": "system", "content": "SYS"}
+    assert out[-1]["content"] == "Be brief.\n\nsecond" and out[1]["content"] == "first"
+    sys_out = with_principle(convo, "Be brief.", "SYS")
+    assert sys_out[0]["content"] == "SYS\n\nBe brief." and sys_out[-1]["content"] == "second"
+    assert convo[-1]["content"] == "second"  # the request's messages are not mutated
+
+
+def test_user_placement_changes_the_principle_stream(tiny_engine: TransformersEngine) -> None:
+    sys_la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
+    user_la = LinearAlignmentConfig(PRINCIPLE, strength=3.0, placement="user")
+    a, b = tiny_engine.generate([req("s", sys_la), req("u", user_la)])
+    sys_ids = tiny_engine.encode_chat(with_principle(Q, PRINCIPLE, tiny_engine.default_system))
+    user_ids = tiny_engine.encode_chat(with_principle(Q, PRINCIPLE, tiny_engine.default_system, "user"))
+    assert sys_ids != user_ids
+    assert (a.principle_prompt_tokens, b.principle_prompt_tokens) == (len(sys_ids), len(user_ids))
+    assert tiny_engine.prompt_size(Q, PRINCIPLE, "user").principle == len(user_ids)

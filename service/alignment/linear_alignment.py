@@ -25,6 +25,7 @@ All functions are pure torch on ``[batch, vocab]`` float tensors; no I/O, no mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -40,6 +41,7 @@ class LinearAlignmentConfig:
     max_strength: float = 10.0
     plausibility_top_p: float = 0.8
     plausibility_temperature: float = 0.5
+    placement: Literal["system", "user"] = "system"  # where the principle enters the context
 
     def __post_init__(self) -> None:
         if not self.principle.strip():

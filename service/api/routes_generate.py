@@ -98,7 +98,9 @@ async def _prepare(body: GenerateRequest, request: Request, services: Services) 
     spec, label = await run_in_threadpool(resolve_profile, services, request, body.profile)
     alignment = alignment_for(spec)
     messages = _messages(body)
-    size = await run_in_threadpool(engine.prompt_size, messages, alignment.la.principle if alignment.la else None)
+    la = alignment.la
+    size = await run_in_threadpool(engine.prompt_size, messages, la.principle if la else None,
+                                   la.placement if la else "system")
     if size.longest >= engine.max_model_len:
         raise ApiError(413, "prompt_too_long",
                        f"prompt is {size.longest} tokens (with the principle); this model takes at most "

@@ -26,12 +26,14 @@ class LASettings(Strict):
     max_strength: float = Field(10.0, ge=0.0, le=100.0, description="adaptive: upper clip on r")
     plausibility_top_p: float = Field(0.8, gt=0.0, le=1.0)
     plausibility_temperature: float = Field(0.5, ge=0.01, le=10.0)
+    placement: Literal["system", "user"] = Field(
+        "system", description="principle appended to the system message, or put before the last user message")
 
     def to_config(self, principle: str) -> LinearAlignmentConfig:
         return LinearAlignmentConfig(
             principle=principle, strength=self.strength, adaptive=self.adaptive, kl_budget=self.kl_budget,
             max_strength=self.max_strength, plausibility_top_p=self.plausibility_top_p,
-            plausibility_temperature=self.plausibility_temperature,
+            plausibility_temperature=self.plausibility_temperature, placement=self.placement,
         )
 
 

@@ -74,7 +74,8 @@ class Engine(Protocol):
     num_heads: int
     head_dim: int
 
-    def prompt_size(self, messages: list[Message], principle: str | None) -> PromptSize: ...
+    def prompt_size(self, messages: list[Message], principle: str | None,
+                    placement: str = "system") -> PromptSize: ...
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
 

@@ -18,9 +18,15 @@ def with_system(messages: list[Message], default_system: str | None) -> list[Mes
     return head + [dict(m) for m in messages]
 
 
-def with_principle(messages: list[Message], principle: str, default_system: str | None) -> list[Message]:
-    """The conversation whose system message also states the principle (the principle stream)."""
+def with_principle(messages: list[Message], principle: str, default_system: str | None,
+                   placement: str = "system") -> list[Message]:
+    """The conversation that also states the principle (the principle stream): appended to the
+    system message (default) or put before the last user message (``placement="user"``)."""
     convo = with_system(messages, default_system)
+    if placement == "user":
+        last = max(i for i, m in enumerate(convo) if m["role"] == "user")
+        convo[last] = {"role": "user", "content": f"{principle}\n\n{convo[last]['content']}"}
+        return convo
     if convo and convo[0]["role"] == "system":
         base = convo[0]["content"].strip()
         convo[0] = {"role": "system", "content": f"{base}\n\n{principle}" if base else principle}

@@ -110,14 +110,15 @@ class TransformersEngine:
         plain = self.encode_chat(with_system(req.messages, self.default_system))
         la = req.alignment.la
         principle = (
-            self.encode_chat(with_principle(req.messages, la.principle, self.default_system)) if la else None
+            self.encode_chat(with_principle(req.messages, la.principle, self.default_system, la.placement))
+            if la else None
         )
         return plain, principle
 
-    def prompt_size(self, messages: list[Message], principle: str | None) -> PromptSize:
+    def prompt_size(self, messages: list[Message], principle: str | None, placement: str = "system") -> PromptSize:
         plain = len(self.encode_chat(with_system(messages, self.default_system)))
         with_p = (
-            len(self.encode_chat(with_principle(messages, principle, self.default_system)))
+            len(self.encode_chat(with_principle(messages, principle, self.default_system, placement)))
             if principle else None
         )
         return PromptSize(plain, with_p)
