@@ -1,0 +1,53 @@
+"""Every PromQL query in the provisioned dashboards names metrics the service really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+DASHBOARDS = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards"
+PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "le", "without", "avg", "max", "min", "irate",
+                "increase", "count", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset"}
+IDENT = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*=)")
+
+
+def metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"[^"]*"', '""', expr)  # drop label values
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # drop label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # drop range selectors
+    expr = re.sub(r"by\s*\([^)]*\)", "", expr)  # drop grouping labels
+    names = {m for m in IDENT.findall(expr) if m not in PROMQL_WORDS and not m.replace(".", "").isdigit()}
+    return {n for n in names if not n.startswith("$")}
+
+
+def exported_names(text: str) -> set[str]:
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_metric_name_extraction() -> None:
+    expr = 'histogram_quantile(0.99, sum by (le, mode) (rate(alignserve_la_strength_bucket{mode="fixed"}[5m])))'
+    assert metric_names(expr) == {"alignserve_la_strength_bucket"}
+
+
+def test_every_dashboard_metric_is_exported(client: TestClient) -> None:
+    # exercise every route so that labelled series exist
+    client.post("/generate", json={"prompt": "hello", "max_tokens": 4, "profile": {"principle": "Be brief."}})
+    client.post("/generate", json={"prompt": "hello", "max_tokens": 4})
+    client.post("/generate", json={"prompt": ""})
+    client.post("/score", json={"prompt": "q", "responses": ["a", "b"]})
+    live = exported_names(client.get("/metrics").text)
+    dashboards = sorted(DASHBOARDS.glob("*.json"))
+    assert dashboards
+    checked = 0
+    for path in dashboards:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                names = metric_names(target["expr"])
+                assert names, (path.name, panel["title"], target["expr"])
+                missing = names - live
+                assert not missing, f"{path.name} / {panel['title']}: {sorted(missing)} not in /metrics"
+                checked += 1
+    assert checked >= 20
