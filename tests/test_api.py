@@ -205,3 +205,27 @@ def test_readyz_reports_loading_and_failure(tmp_path: Path, tiny_model_dir: Path
         assert r.status_code == 503 and r.json()["status"] == "failed"
         g = bad.post("/generate", json={"prompt": "hi"})
         assert g.status_code == 503 and g.json()["error"]["type"] == "model_unavailable"
+
+
+def test_language_report_metrics_and_enforcement(client: TestClient) -> None:
+    r = client.post("/generate", json={"prompt": "フランスの首都はどこですか？", "max_tokens": 6})
+    lang = r.json()["language"]
+    assert lang["prompt"] == "ja" and isinstance(lang["match"], bool)
+    assert set(lang["answer_scripts"]) <= {"kana", "han", "hangul", "latin", "other", "cyrillic", "arabic",
+                                          "devanagari", "greek", "hebrew", "thai"}
+    # enforcement: an LA principle naming the detected language, added to the profile's own principle
+    client.post("/profiles", json={"name": "fid", "principle": "Be concise.", "enforce_language": True})
+    body = client.post("/generate", json={"prompt": "フランスの首都はどこですか？", "max_tokens": 4,
+                                          "profile": "fid"}).json()
+    assert body["alignment"]["principle"] == (
+        "Be concise. Always answer in Japanese, the language of the user's message.")
+    only = client.post("/generate", json={"prompt": "What is the capital of France and why?", "max_tokens": 4,
+                                          "profile": {"enforce_language": True}}).json()
+    assert only["alignment"]["principle"] == "Always answer in English, the language of the user's message."
+    text = client.get("/metrics").text
+    assert 'alignserve_language_checks_total{profile="fid"} 1.0' in text
+    assert "alignserve_language_checks_total{profile=\"none\"} 1.0" in text
+    mismatches = sum(float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("alignserve_language_mismatch_total"))
+    expected = sum(not x["language"]["match"] for x in (r.json(), body, only))
+    assert mismatches == expected

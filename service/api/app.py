@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from ..config import Settings
 from ..engines.factory import build_engine
+from ..language.fidelity import LanguageDetector
 from ..metrics.prometheus import Metrics
 from ..reward import Scorer, default_scorers
 from ..store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
         services = Services(
             settings=settings, store=store, metrics=Metrics(),
             scorers=scorers or default_scorers(), engine_factory=engine_factory or build_engine,
-            keys=keys, verifier=KeyVerifier(keys),
+            keys=keys, verifier=KeyVerifier(keys), language=LanguageDetector(),
             limiter=RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None,
         )
         app.state.services = services

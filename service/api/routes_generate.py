@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ..alignment.sampling import SamplingParams
 from ..alignment.spec import AlignmentSpec
 from ..engines.base import GenerationRequest, GenerationResult, Message, TokenEvent
+from ..language.fidelity import language_principle
 from ..scheduling.worker import Overloaded, WorkerStopped
 from .auth import require
 from .errors import ApiError
@@ -26,6 +27,7 @@ from .schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
+    LanguageInfo,
     ProfileSpec,
     Timings,
     Usage,
@@ -40,10 +42,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def alignment_for(spec: ProfileSpec | None) -> AlignmentSpec:
-    if spec is None or spec.principle is None or not spec.la.enabled:
+def alignment_for(spec: ProfileSpec | None, prompt_language: str | None = None) -> AlignmentSpec:
+    """The request's alignment; ``enforce_language`` adds an answer-in-<language> principle."""
+    if spec is None or not spec.la.enabled:
         return AlignmentSpec()
-    return AlignmentSpec(la=spec.la.to_config(spec.principle))
+    parts = [spec.principle] if spec.principle else []
+    if spec.enforce_language and prompt_language is not None:
+        parts.append(language_principle(prompt_language))
+    if not parts:
+        return AlignmentSpec()
+    return AlignmentSpec(la=spec.la.to_config(" ".join(parts)))
+
+
+def _last_user(messages: list[Message]) -> str:
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
 
 def _report(spec: ProfileSpec | None, label: str | None, alignment: AlignmentSpec,
@@ -96,8 +108,11 @@ async def _prepare(body: GenerateRequest, request: Request, services: Services) 
                        f"max_tokens: must be at most {settings.max_tokens_limit} on this server")
     _, engine = ready_worker(services)
     spec, label = await run_in_threadpool(resolve_profile, services, request, body.profile)
-    alignment = alignment_for(spec)
     messages = _messages(body)
+    prompt_language = None
+    if spec is not None and spec.enforce_language:
+        prompt_language = await run_in_threadpool(services.language.detect, _last_user(messages))
+    alignment = alignment_for(spec, prompt_language)
     la = alignment.la
     size = await run_in_threadpool(engine.prompt_size, messages, la.principle if la else None,
                                    la.placement if la else "system")
@@ -143,6 +158,12 @@ def _response(services: Services, req: GenerationRequest, result: GenerationResu
         m.la_strength.labels("adaptive" if req.alignment.la.adaptive else "fixed").observe(result.mean_strength)
     decode_s = max(result.total_s - result.first_token_s, 1e-9)
     tps = (result.completion_tokens - 1) / decode_s if result.completion_tokens > 1 else 0.0
+    lang = services.language.compare(_last_user(req.messages), result.text)
+    profile_label = label.split("@")[0] if label else "none"
+    m.language_checks.labels(profile_label).inc()
+    mismatch = m.language_mismatch.labels(profile_label)  # exists at 0, so mismatch/checks is defined
+    if not lang.match:
+        mismatch.inc()
     engine_name = services.engine.model_name if services.engine else ""
     return GenerateResponse(
         id=req.request_id, model=engine_name, text=result.text, finish_reason=result.finish_reason,
@@ -150,6 +171,8 @@ def _response(services: Services, req: GenerationRequest, result: GenerationResu
                     completion_tokens=result.completion_tokens),
         timings=Timings(queue_s=queue_s, first_token_s=first, total_s=total, tokens_per_s=tps),
         alignment=_report(spec, label, req.alignment, result),
+        language=LanguageInfo(prompt=lang.prompt, answer=lang.answer, match=lang.match,
+                              answer_scripts=lang.answer_scripts),
     )
 
 

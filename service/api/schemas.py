@@ -44,6 +44,9 @@ class ProfileSpec(Strict):
     la: LASettings = Field(default_factory=LASettings)
     rubric: str | None = Field(None, max_length=MAX_PRINCIPLE, description="English yes/no question for /score")
     description: str | None = Field(None, max_length=1_000)
+    enforce_language: bool = Field(
+        False, description="apply Linear Alignment toward 'answer in the language of the user's message' "
+        "(added to the principle, if any)")
 
     @field_validator("principle", "rubric")
     @classmethod
@@ -128,6 +131,13 @@ class AlignmentReport(BaseModel):
     mean_strength: float | None = None
 
 
+class LanguageInfo(BaseModel):
+    prompt: str = Field(..., description="detected language of the last user message ('und' if unsure)")
+    answer: str
+    match: bool
+    answer_scripts: dict[str, float] = Field(..., description="share of letters per script in the answer")
+
+
 class GenerateResponse(BaseModel):
     id: str
     model: str
@@ -136,6 +146,7 @@ class GenerateResponse(BaseModel):
     usage: Usage
     timings: Timings
     alignment: AlignmentReport
+    language: LanguageInfo
 
 
 class ScoreRequest(Strict):

@@ -11,6 +11,7 @@ from fastapi import Request
 
 from ..config import Settings
 from ..engines.base import Engine
+from ..language.fidelity import LanguageDetector
 from ..metrics.prometheus import Metrics
 from ..reward import Scorer
 from ..scheduling.worker import EngineWorker
@@ -31,6 +32,7 @@ class Services:
     scorers: dict[str, Scorer]
     engine_factory: EngineFactory
     keys: ApiKeyStore
+    language: LanguageDetector
     verifier: KeyVerifier
     limiter: RateLimiter | None = None
     worker: EngineWorker | None = None

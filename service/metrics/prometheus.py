@@ -48,6 +48,10 @@ class Metrics:
         self.engine_live = Gauge("alignserve_engine_live_requests", "Requests the engine is decoding now",
                                  registry=r)
         self.model_ready = Gauge("alignserve_model_ready", "1 when the model is loaded and serving", registry=r)
+        self.language_checks = Counter("alignserve_language_checks", "Responses checked for language fidelity",
+                                       ["profile"], registry=r)
+        self.language_mismatch = Counter("alignserve_language_mismatch",
+                                         "Responses not in the language of the prompt", ["profile"], registry=r)
         self.finished = Counter("alignserve_generations", "Finished generations by finish reason",
                                 ["finish_reason"], registry=r)
 

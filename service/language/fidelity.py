@@ -1,0 +1,109 @@
+"""Language fidelity: does the answer come back in the language of the prompt?
+
+The InsCP paper's "language alignment" is the share of answers in the question's language. A
+whole-text guess (langid, offline, bundled model) is not enough for CJK: a Japanese question
+answered in Chinese characters only is a mismatch even if a guesser says "ja", so CJK languages
+are also checked by script (kana for Japanese, hangul for Korean, Han without kana/hangul for
+Chinese). Texts with very few letters are judged by script alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+LANGUAGE_NAMES = {
+    "en": "English", "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "fr": "French", "de": "German",
+    "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "hi": "Hindi",
+    "nl": "Dutch", "pl": "Polish", "tr": "Turkish", "vi": "Vietnamese", "th": "Thai", "id": "Indonesian",
+    "uk": "Ukrainian", "sv": "Swedish", "cs": "Czech", "el": "Greek", "he": "Hebrew",
+}
+_MIN_LETTERS = 12
+
+
+def script_of(ch: str) -> str | None:
+    o = ord(ch)
+    if 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF:
+        return "kana"
+    if 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF:
+        return "han"
+    if 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F:
+        return "hangul"
+    if not ch.isalpha():
+        return None
+    name = unicodedata.name(ch, "")
+    for script in ("LATIN", "CYRILLIC", "ARABIC", "DEVANAGARI", "GREEK", "HEBREW", "THAI"):
+        if name.startswith(script):
+            return script.lower()
+    return "other"
+
+
+def script_shares(text: str) -> dict[str, float]:
+    counts: dict[str, int] = {}
+    for ch in text:
+        s = script_of(ch)
+        if s:
+            counts[s] = counts.get(s, 0) + 1
+    total = sum(counts.values())
+    return {k: round(v / total, 4) for k, v in sorted(counts.items())} if total else {}
+
+
+def _script_language(shares: dict[str, float]) -> str:
+    if shares.get("kana", 0) > 0:
+        return "ja"
+    if shares.get("hangul", 0) >= 0.3:
+        return "ko"
+    if shares.get("han", 0) >= 0.3:
+        return "zh"
+    return max(shares, key=lambda k: shares[k]) if shares else "und"
+
+
+@dataclass(frozen=True)
+class LanguageReport:
+    prompt: str
+    answer: str
+    match: bool
+    answer_scripts: dict[str, float]
+
+
+@functools.cache
+def _identifier() -> Any:
+    """langid's bundled model, parsed once per process (~2 s); read-only afterwards."""
+    from langid.langid import LanguageIdentifier, model
+
+    return LanguageIdentifier.from_modelstring(model, norm_probs=True)
+
+
+class LanguageDetector:
+    def __init__(self) -> None:
+        self._ident = _identifier()
+
+    def detect(self, text: str) -> str:
+        shares = script_shares(text)
+        letters = sum(1 for ch in text if script_of(ch))
+        if not shares:
+            return "und"
+        cjk = _script_language(shares)
+        if cjk in ("ja", "ko", "zh"):
+            return cjk
+        if letters < _MIN_LETTERS:
+            return "und"
+        return str(self._ident.classify(text)[0])
+
+    def compare(self, prompt: str, answer: str) -> LanguageReport:
+        p, a = self.detect(prompt), self.detect(answer)
+        p_scripts, a_scripts = script_shares(prompt), script_shares(answer)
+        if "und" in (p, a):  # too short to name: judge by dominant script
+            match = bool(a_scripts) and _script_language(p_scripts) == _script_language(a_scripts)
+        else:
+            match = p == a
+        return LanguageReport(prompt=p, answer=a, match=match, answer_scripts=a_scripts)
+
+
+def language_principle(lang: str) -> str:
+    name = LANGUAGE_NAMES.get(lang)
+    if name is None:
+        return "Always answer in the same language as the user's message."
+    return f"Always answer in {name}, the language of the user's message."
