@@ -33,12 +33,14 @@ def main() -> int:
     args = ap.parse_args()
     prompts = json.loads((HERE / "data" / "multilingual_prompts.json").read_text())
     settings = Settings(model=args.model)
-    engine = TransformersEngine(resolve_model(settings.model, settings.home), default_system=settings.default_system_prompt)
+    engine = TransformersEngine(resolve_model(settings.model, settings.home),
+                                default_system=settings.default_system_prompt)
     det = LanguageDetector()
     variants = {
         "base": None,
         "principle_prompt_r0": ProfileSpec(enforce_language=True, la=LASettings(strength=0.0)),
-        f"enforce_language_r{args.strength:g}": ProfileSpec(enforce_language=True, la=LASettings(strength=args.strength)),
+        f"enforce_language_r{args.strength:g}": ProfileSpec(enforce_language=True,
+                                                            la=LASettings(strength=args.strength)),
     }
     rows, samples = [], {}
     for name, spec in variants.items():
