@@ -164,18 +164,25 @@ class EngineWorker:
         ids = {j.request.request_id for j in runnable if j.request is not None}
         with self._live_lock:
             self._live |= ids
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        isolate = False
         try:
             results = self.engine.generate([j.request for j in runnable if j.request is not None])
-            for job, res in zip(runnable, results, strict=True):
-                _resolve(job, res)
+            outcomes = [(job, res, None) for job, res in zip(runnable, results, strict=True)]
         except Exception as exc:
             if len(runnable) == 1:
                 log.exception("generation failed", extra={"request_id": next(iter(ids))})
-                _resolve(runnable[0], error=exc)
+                outcomes = [(runnable[0], None, exc)]
             else:  # isolate the culprit: one bad request must not fail its batch-mates
-                for job in runnable:
-                    self._run_batch([job])
+                isolate = True
         finally:
+            # Leave the live set before waking the callers, so that whoever sees a result also
+            # sees the request gone from the engine.
             with self._live_lock:
                 self._live -= ids
             self.batches += 1
+        for job, res, err in outcomes:
+            _resolve(job, res, err)
+        if isolate:
+            for job in runnable:
+                self._run_batch([job])
