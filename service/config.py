@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, description="requests decoded together by the reference engine")
     max_queue: int = Field(64, ge=1, description="requests waiting for the engine before 429")
     request_timeout_s: float = Field(300.0, gt=0)
+    max_jobs: int = Field(16, ge=1, description="profile-compilation jobs queued or running before 429")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     default_system_prompt: str = Field(
         "You are a helpful assistant.",

@@ -39,7 +39,8 @@ def test_generate_plain_and_inline_la(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     la = r.json()
     assert la["alignment"] == {"method": "linear_alignment", "profile": "inline", "principle": PRINCIPLE,
-                               "strength_mode": "fixed", "mean_strength": 2.5}
+                               "strength_mode": "fixed", "mean_strength": 2.5, "steered_heads": 0,
+                               "steer_strength": None}
     assert la["usage"]["principle_prompt_tokens"] > la["usage"]["prompt_tokens"]
     r = client.post("/generate", json={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 5,
                                        "profile": {"principle": PRINCIPLE, "la": {"adaptive": True}}})

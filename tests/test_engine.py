@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from service.alignment.linear_alignment import LinearAlignmentConfig
@@ -172,3 +173,26 @@ def test_user_placement_changes_the_principle_stream(tiny_engine: TransformersEn
     assert sys_ids != user_ids
     assert (a.principle_prompt_tokens, b.principle_prompt_tokens) == (len(sys_ids), len(user_ids))
     assert tiny_engine.prompt_size(Q, PRINCIPLE, "user").principle == len(user_ids)
+
+
+def test_readout_session_matches_full_forward_and_capture_of_completions(tiny_engine: TransformersEngine) -> None:
+    convs = [[{"role": "user", "content": "Is Paris in France?"}], [{"role": "user", "content": "a much longer hello"}]]
+    base = tiny_engine.yes_probability(convs)
+    push = [SteeringVector(layer=0, head=0, vector=torch.full((tiny_engine.head_dim,), 3.0), position="last_prompt",
+                           replace=True)]
+    pushed = tiny_engine.yes_probability(convs, push)
+    readout = tiny_engine.open_readout(convs)
+    got = readout.yes_probability([[], push, []])
+    readout.close()
+    assert got.shape == (3, 2)
+    assert got[0].tolist() == pytest.approx(base, abs=1e-5)
+    assert got[1].tolist() == pytest.approx(pushed, abs=1e-5)
+    assert got[2].tolist() == pytest.approx(base, abs=1e-5)  # the cache was cropped back to the prefix
+    assert pushed != pytest.approx(base, abs=1e-4)
+    # capture at the end of a completion equals capture of the prompt that already contains it
+    ids = tiny_engine.encode_chat(convs[0]) + tiny_engine.tokenizer.encode(" yes it is", add_special_tokens=False)
+    with_completion = tiny_engine.capture_head_activations(convs[:1], [" yes it is"])
+    prompt_only = tiny_engine.capture_head_activations(convs[:1])
+    assert not torch.allclose(with_completion, prompt_only)
+    assert with_completion.shape == prompt_only.shape
+    assert len(ids) > len(tiny_engine.encode_chat(convs[0]))

@@ -13,6 +13,7 @@ from ..language.fidelity import LanguageDetector
 from ..metrics.prometheus import Metrics
 from ..reward import Scorer, default_scorers
 from ..store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
+from ..store.jobs import JobStore
 from ..store.profiles import ProfileStore
 from . import routes_generate, routes_health, routes_profiles, routes_score
 from .errors import install_error_handlers
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
             settings=settings, store=store, metrics=Metrics(),
             scorers=scorers or default_scorers(), engine_factory=engine_factory or build_engine,
             keys=keys, verifier=KeyVerifier(keys), language=LanguageDetector(),
+            jobs=JobStore(store.engine, settings.max_jobs),
             limiter=RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None,
         )
         app.state.services = services

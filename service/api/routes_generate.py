@@ -15,9 +15,10 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..alignment.sampling import SamplingParams
-from ..alignment.spec import AlignmentSpec
+from ..alignment.spec import AlignmentSpec, SteeringVector
 from ..engines.base import GenerationRequest, GenerationResult, Message, TokenEvent
 from ..language.fidelity import language_principle
+from ..reward.activation_rm import CompiledARM
 from ..scheduling.worker import Overloaded, WorkerStopped
 from .auth import require
 from .errors import ApiError
@@ -42,16 +43,24 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def alignment_for(spec: ProfileSpec | None, prompt_language: str | None = None) -> AlignmentSpec:
-    """The request's alignment; ``enforce_language`` adds an answer-in-<language> principle."""
-    if spec is None or not spec.la.enabled:
+def alignment_for(spec: ProfileSpec | None, prompt_language: str | None = None,
+                  compiled: CompiledARM | None = None, steer_strength: float | None = None) -> AlignmentSpec:
+    """The request's alignment: Linear Alignment toward the principle (``enforce_language`` adds an
+    answer-in-<language> principle) and activation steering from a compiled profile."""
+    if spec is None:
         return AlignmentSpec()
+    steering: tuple[SteeringVector, ...] = ()
+    if compiled is not None:
+        strength = steer_strength if steer_strength is not None else (
+            spec.activation_rm.steer_strength if spec.activation_rm else 0.0)
+        steering = tuple(compiled.generation_steering(strength))
+    if not spec.la.enabled:
+        return AlignmentSpec(steering=steering)
     parts = [spec.principle] if spec.principle else []
     if spec.enforce_language and prompt_language is not None:
         parts.append(language_principle(prompt_language))
-    if not parts:
-        return AlignmentSpec()
-    return AlignmentSpec(la=spec.la.to_config(" ".join(parts)))
+    la = spec.la.to_config(" ".join(parts)) if parts else None
+    return AlignmentSpec(la=la, steering=steering)
 
 
 def _last_user(messages: list[Message]) -> str:
@@ -61,12 +70,16 @@ def _last_user(messages: list[Message]) -> str:
 def _report(spec: ProfileSpec | None, label: str | None, alignment: AlignmentSpec,
             result: GenerationResult | None) -> AlignmentReport:
     la = alignment.la
+    heads = len(alignment.steering)
+    steer = alignment.steering[0].scale if heads else None
+    method = "+".join(m for m, on in (("linear_alignment", la is not None), ("activation_steering", heads > 0)) if on)
     if la is None:
-        return AlignmentReport(method="none", profile=label)
+        return AlignmentReport(method=method or "none", profile=label,  # type: ignore[arg-type]
+                               steered_heads=heads, steer_strength=steer)
     return AlignmentReport(
-        method="linear_alignment", profile=label, principle=la.principle,
+        method=method, profile=label, principle=la.principle,  # type: ignore[arg-type]
         strength_mode="adaptive" if la.adaptive else "fixed",
-        mean_strength=result.mean_strength if result else None,
+        mean_strength=result.mean_strength if result else None, steered_heads=heads, steer_strength=steer,
     )
 
 
@@ -107,12 +120,13 @@ async def _prepare(body: GenerateRequest, request: Request, services: Services) 
         raise ApiError(422, "invalid_request",
                        f"max_tokens: must be at most {settings.max_tokens_limit} on this server")
     _, engine = ready_worker(services)
-    spec, label = await run_in_threadpool(resolve_profile, services, request, body.profile)
+    resolved = await run_in_threadpool(resolve_profile, services, request, body.profile)
+    spec, label = resolved.spec, resolved.label
     messages = _messages(body)
     prompt_language = None
     if spec is not None and spec.enforce_language:
         prompt_language = await run_in_threadpool(services.language.detect, _last_user(messages))
-    alignment = alignment_for(spec, prompt_language)
+    alignment = alignment_for(spec, prompt_language, resolved.compiled, body.steer_strength)
     la = alignment.la
     size = await run_in_threadpool(engine.prompt_size, messages, la.principle if la else None,
                                    la.placement if la else "system")
@@ -153,7 +167,7 @@ def _response(services: Services, req: GenerationRequest, result: GenerationResu
     m = services.metrics
     m.queue_time.observe(queue_s)
     m.prompt_tokens.inc(result.prompt_tokens)
-    m.generated_tokens.labels("linear_alignment" if req.alignment.la else "none").inc(result.completion_tokens)
+    m.generated_tokens.labels(_report(spec, label, req.alignment, None).method).inc(result.completion_tokens)
     if req.alignment.la is not None and result.mean_strength is not None:
         m.la_strength.labels("adaptive" if req.alignment.la.adaptive else "fixed").observe(result.mean_strength)
     decode_s = max(result.total_s - result.first_token_s, 1e-9)

@@ -1,21 +1,48 @@
-"""``/profiles``: create (new version), read, list, delete — stored in the SQL profile store."""
+"""``/profiles``: create (new version), read, list, delete — stored in the SQL profile store —
+and ``/jobs``: the background compilation of profiles with Activation-RM examples."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from dataclasses import dataclass
 
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..jobs.runner import COMPILE_KIND, examples_from_spec
+from ..reward.activation_rm import CompiledARM
+from ..reward.judge import judge_conversation, rubric_for
+from ..store.jobs import JobQueueFull, JobRecord
 from ..store.profiles import ProfileConflict, ProfileRecord, parse_ref
 from .auth import require
 from .errors import ApiError
-from .schemas import ErrorResponse, ProfileCreate, ProfileOut, ProfileSpec
-from .services import Services, get_services
+from .schemas import CompiledInfo, ErrorResponse, JobOut, ProfileCreate, ProfileOut, ProfileSpec
+from .services import Services, get_services, ready_worker
 
 router = APIRouter(tags=["profiles"], responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 
 
+def _compiled(rec: ProfileRecord) -> CompiledARM | None:
+    return CompiledARM.from_bytes(rec.tensors) if rec.tensors else None
+
+
 def to_out(rec: ProfileRecord) -> ProfileOut:
+    compiled = _compiled(rec)
+    info = None
+    if compiled is not None:
+        i = compiled.info
+        info = CompiledInfo(heads=compiled.heads, model=i.get("model", ""), examples=i.get("examples", 0),
+                            zero_shot_accuracy=i.get("zero_shot_accuracy", 0.0),
+                            patched_accuracy=i.get("patched_accuracy", 0.0), compile_s=i.get("compile_s", 0.0))
     return ProfileOut(name=rec.name, version=rec.version, ref=rec.ref, created_at=rec.created_at,
-                      spec=ProfileSpec.model_validate(rec.spec))
+                      spec=ProfileSpec.model_validate(rec.spec), compiled=info)
+
+
+def job_out(job: JobRecord) -> JobOut:
+    return JobOut(id=job.id, kind=job.kind, profile=job.profile_name, status=job.status,  # type: ignore[arg-type]
+                  phase=job.phase, done=job.done, total=job.total, error=job.error, profile_ref=job.profile_ref,
+                  cancel_requested=job.cancel_requested, attempts=job.attempts, created_at=job.created_at,
+                  updated_at=job.updated_at)
 
 
 def lookup(services: Services, ref: str) -> ProfileRecord:
@@ -29,22 +56,65 @@ def lookup(services: Services, ref: str) -> ProfileRecord:
     return rec
 
 
-def resolve_profile(services: Services, request: Request,
-                    profile: str | ProfileSpec | None) -> tuple[ProfileSpec | None, str | None]:
-    """A request's profile as a spec plus its label for reports and metrics."""
+@dataclass(frozen=True)
+class ResolvedProfile:
+    spec: ProfileSpec | None = None
+    label: str | None = None  # 'name@version', 'inline' or None
+    compiled: CompiledARM | None = None
+
+
+def resolve_profile(services: Services, request: Request, profile: str | ProfileSpec | None) -> ResolvedProfile:
+    """A request's profile: its spec, its label for reports and metrics, its compiled tensors."""
     if profile is None:
-        return None, None
+        return ResolvedProfile()
     if isinstance(profile, ProfileSpec):
+        if profile.activation_rm is not None:
+            raise ApiError(422, "invalid_request", "inline profiles cannot carry activation_rm examples: "
+                           "POST /profiles compiles them, then refer to the profile by name")
         request.state.profile_label = "inline"
-        return profile, "inline"
+        return ResolvedProfile(profile, "inline")
     rec = lookup(services, profile)
     request.state.profile_label = rec.name
-    return ProfileSpec.model_validate(rec.spec), rec.ref
+    compiled = _compiled(rec)
+    if compiled is not None and services.engine is not None:
+        try:
+            compiled.check_engine(services.engine)
+        except ValueError as exc:
+            raise ApiError(409, "profile_incompatible", str(exc)) from None
+    return ResolvedProfile(ProfileSpec.model_validate(rec.spec), rec.ref, compiled)
 
 
-@router.post("/profiles", status_code=201, response_model=ProfileOut, dependencies=[Depends(require("admin"))])
-def create_profile(body: ProfileCreate, services: Services = Depends(get_services)) -> ProfileOut:
+def _check_example_lengths(services: Services, spec: ProfileSpec) -> None:
+    """Every example must fit the model as a zero-shot judge query (4xx before any work)."""
+    assert spec.activation_rm is not None
+    _, engine = ready_worker(services)
+    rubric = rubric_for(spec.principle, spec.rubric)
+    examples = examples_from_spec(spec.activation_rm.model_dump())
+    longest = max(examples, key=lambda e: len(e.prompt) + len(e.response))
+    size = engine.prompt_size(judge_conversation(longest.prompt, longest.response, rubric), None).plain
+    if size + 1 >= engine.max_model_len:
+        raise ApiError(413, "example_too_long",
+                       f"the longest example is about {size} tokens as a judge query; the model takes "
+                       f"{engine.max_model_len}")
+
+
+@router.post("/profiles", status_code=201, response_model=ProfileOut, dependencies=[Depends(require("admin"))],
+             responses={202: {"model": JobOut, "description": "profile with activation_rm examples: compile job "
+                                                               "queued; poll /jobs/{id}"},
+                        409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                        429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+def create_profile(body: ProfileCreate, services: Services = Depends(get_services)) -> ProfileOut | JSONResponse:
     spec = ProfileSpec.model_validate(body.model_dump(exclude={"name"}))
+    if spec.activation_rm is not None:
+        _check_example_lengths(services, spec)
+        try:
+            job = services.jobs.create(COMPILE_KIND, body.name, spec.model_dump(mode="json"))
+        except JobQueueFull as exc:
+            raise ApiError(429, "too_many_jobs", f"{exc}; retry later", headers={"Retry-After": "30"}) from None
+        if services.runner is not None:
+            services.runner.wake()
+        return JSONResponse(job_out(job).model_dump(mode="json"), status_code=202,
+                            headers={"Location": f"/jobs/{job.id}"})
     try:
         rec = services.store.create(body.name, spec.model_dump(mode="json"))
     except ProfileConflict as exc:
@@ -86,3 +156,29 @@ def delete_profile(name: str, services: Services = Depends(get_services)) -> Res
     if n == 0:
         raise ApiError(404, "profile_not_found", f"no profile {name!r}")
     return Response(status_code=204)
+
+
+def _job(services: Services, job_id: str) -> JobRecord:
+    job = services.jobs.get(job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+    return job
+
+
+@router.get("/jobs", response_model=list[JobOut], tags=["jobs"], dependencies=[Depends(require("read"))])
+async def list_jobs(services: Services = Depends(get_services)) -> list[JobOut]:
+    return [job_out(j) for j in await run_in_threadpool(services.jobs.recent)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], dependencies=[Depends(require("read"))])
+async def get_job(job_id: str, services: Services = Depends(get_services)) -> JobOut:
+    return job_out(await run_in_threadpool(_job, services, job_id))
+
+
+@router.delete("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], dependencies=[Depends(require("admin"))])
+async def cancel_job(job_id: str, services: Services = Depends(get_services)) -> JobOut:
+    """Cancel a queued job at once, or a running one at its next step (poll until 'cancelled')."""
+    await run_in_threadpool(_job, services, job_id)
+    job = await run_in_threadpool(services.jobs.request_cancel, job_id)
+    assert job is not None
+    return job_out(job)

@@ -23,7 +23,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in
 @router.post("/score", response_model=ScoreResponse, responses=_ERRORS, dependencies=[Depends(require("score"))])
 async def score(body: ScoreRequest, request: Request, services: Services = Depends(get_services)) -> ScoreResponse:
     worker, engine = ready_worker(services)
-    spec, label = await run_in_threadpool(resolve_profile, services, request, body.profile)
+    resolved = await run_in_threadpool(resolve_profile, services, request, body.profile)
+    spec, label, compiled = resolved.spec, resolved.label, resolved.compiled
+    if body.method == "activation_rm" and compiled is None:
+        raise ApiError(422, "profile_not_compiled",
+                       "method 'activation_rm' needs a stored profile compiled from activation_rm examples")
     rubric = rubric_for(spec.principle if spec else None, body.rubric or (spec.rubric if spec else None))
     scorer = services.scorers.get(body.method)
     if scorer is None:
@@ -35,7 +39,7 @@ async def score(body: ScoreRequest, request: Request, services: Services = Depen
                        f"prompt plus the longest response is about {size.plain} tokens; the model takes "
                        f"{engine.max_model_len}")
     try:
-        fut = worker.submit_call(lambda eng: scorer.score(eng, body.prompt, list(body.responses), rubric))
+        fut = worker.submit_call(lambda eng: scorer.score(eng, body.prompt, list(body.responses), rubric, compiled))
     except Overloaded as exc:
         raise ApiError(429, "overloaded", f"server is busy ({exc}); retry later", headers={"Retry-After": "2"}) \
             from None

@@ -10,6 +10,8 @@ from ..alignment.linear_alignment import LinearAlignmentConfig
 
 MAX_TEXT = 100_000
 MAX_PRINCIPLE = 4_000
+MAX_EXAMPLE = 8_000
+MAX_EXAMPLES = 512
 
 
 class Strict(BaseModel):
@@ -37,8 +39,50 @@ class LASettings(Strict):
         )
 
 
+class ARMExample(Strict):
+    prompt: str = Field(..., min_length=1, max_length=MAX_EXAMPLE)
+    response: str = Field(..., min_length=1, max_length=MAX_EXAMPLE)
+    label: Literal["good", "bad"] = Field(..., description="does the response meet the rubric?")
+
+
+class ARMPair(Strict):
+    prompt: str = Field(..., min_length=1, max_length=MAX_EXAMPLE)
+    chosen: str = Field(..., min_length=1, max_length=MAX_EXAMPLE)
+    rejected: str = Field(..., min_length=1, max_length=MAX_EXAMPLE)
+
+
+class ActivationRMSettings(Strict):
+    """Few-shot examples compiled into an Activation Reward Model (Chai et al., 2025): selected
+    attention heads whose few-shot mean activations score responses and steer generation."""
+
+    examples: list[ARMExample] = Field(default_factory=list, max_length=MAX_EXAMPLES)
+    pairs: list[ARMPair] = Field(default_factory=list, max_length=MAX_EXAMPLES // 2,
+                                 description="chosen/rejected pairs; each adds one good and one bad example")
+    num_heads: int = Field(16, ge=1, le=4096, description="attention heads kept by the selection")
+    shots_per_context: int = Field(4, ge=0, le=16, description="labelled demos in each few-shot context")
+    iterations: int = Field(40, ge=1, le=500, description="REINFORCE steps of the head selection")
+    steer_strength: float = Field(
+        4.0, ge=-50.0, le=50.0,
+        description="generation steering in standard deviations of the examples along each head's direction; "
+        "0 = off, negative steers away")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _labelled(self) -> ActivationRMSettings:
+        n = len(self.examples) + 2 * len(self.pairs)
+        good = sum(e.label == "good" for e in self.examples) + len(self.pairs)
+        if n > MAX_EXAMPLES:
+            raise ValueError(f"at most {MAX_EXAMPLES} labelled examples (pairs count twice); got {n}")
+        if n < 4:
+            raise ValueError("an activation reward model needs at least 4 labelled examples (pairs count twice)")
+        if good == 0 or good == n:
+            raise ValueError("examples need both labels: some 'good' and some 'bad'")
+        return self
+
+
 class ProfileSpec(Strict):
-    """A preference profile: a principle applied by Linear Alignment, and a rubric for scoring."""
+    """A preference profile: a principle applied by Linear Alignment, a rubric for scoring, and
+    optionally few-shot examples compiled into an Activation Reward Model."""
 
     principle: str | None = Field(None, max_length=MAX_PRINCIPLE)
     la: LASettings = Field(default_factory=LASettings)
@@ -47,6 +91,8 @@ class ProfileSpec(Strict):
     enforce_language: bool = Field(
         False, description="apply Linear Alignment toward 'answer in the language of the user's message' "
         "(added to the principle, if any)")
+    activation_rm: ActivationRMSettings | None = Field(
+        None, description="few-shot examples; creating a stored profile with them starts a compile job")
 
     @field_validator("principle", "rubric")
     @classmethod
@@ -60,12 +106,38 @@ class ProfileCreate(ProfileSpec):
     name: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
+class CompiledInfo(BaseModel):
+    heads: list[tuple[int, int]] = Field(..., description="selected (layer, head) pairs, most useful first")
+    model: str
+    examples: int
+    zero_shot_accuracy: float = Field(..., description="judge accuracy on the examples without patching")
+    patched_accuracy: float = Field(..., description="accuracy with the selected heads patched (in-sample)")
+    compile_s: float
+
+
 class ProfileOut(BaseModel):
     name: str
     version: int
     ref: str
     created_at: float
     spec: ProfileSpec
+    compiled: CompiledInfo | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    profile: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    phase: str
+    done: int
+    total: int
+    error: str | None = None
+    profile_ref: str | None = Field(None, description="the profile version written when the job succeeded")
+    cancel_requested: bool
+    attempts: int
+    created_at: float
+    updated_at: float
 
 
 class ChatMessage(Strict):
@@ -86,6 +158,8 @@ class GenerateRequest(Strict):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[str] = Field(default_factory=list, max_length=8)
     stream: bool = False
+    steer_strength: float | None = Field(
+        None, ge=-50.0, le=50.0, description="override the profile's activation steering strength (0 = off)")
 
     @field_validator("stop")
     @classmethod
@@ -124,11 +198,13 @@ class Timings(BaseModel):
 
 
 class AlignmentReport(BaseModel):
-    method: Literal["none", "linear_alignment"]
+    method: Literal["none", "linear_alignment", "activation_steering", "linear_alignment+activation_steering"]
     profile: str | None = Field(None, description="'name@version', 'inline' or null")
     principle: str | None = None
     strength_mode: Literal["fixed", "adaptive"] | None = None
     mean_strength: float | None = None
+    steered_heads: int = Field(0, description="attention heads steered by the profile's compiled activations")
+    steer_strength: float | None = None
 
 
 class LanguageInfo(BaseModel):
@@ -152,7 +228,9 @@ class GenerateResponse(BaseModel):
 class ScoreRequest(Strict):
     prompt: str = Field(..., min_length=1, max_length=MAX_TEXT)
     responses: list[str] = Field(..., min_length=1, max_length=64)
-    method: Literal["judge"] = "judge"
+    method: Literal["judge", "activation_rm"] = Field(
+        "judge", description="'judge': P(Yes) to the rubric; 'activation_rm': the same with a compiled "
+        "profile's heads patched (needs a stored profile)")
     rubric: str | None = Field(None, max_length=MAX_PRINCIPLE)
     profile: str | ProfileSpec | None = None
 

@@ -11,11 +11,13 @@ from fastapi import Request
 
 from ..config import Settings
 from ..engines.base import Engine
+from ..jobs.runner import JobRunner
 from ..language.fidelity import LanguageDetector
 from ..metrics.prometheus import Metrics
 from ..reward import Scorer
 from ..scheduling.worker import EngineWorker
 from ..store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
+from ..store.jobs import JobStore
 from ..store.profiles import ProfileStore
 from .errors import ApiError
 
@@ -34,8 +36,10 @@ class Services:
     keys: ApiKeyStore
     language: LanguageDetector
     verifier: KeyVerifier
+    jobs: JobStore
     limiter: RateLimiter | None = None
     worker: EngineWorker | None = None
+    runner: JobRunner | None = None
     engine: Engine | None = None
     load_error: str | None = None
     _loader: threading.Thread | None = field(default=None, repr=False)
@@ -52,6 +56,11 @@ class Services:
             worker.start()
             self.metrics.watch_worker(lambda: worker.depth, lambda: len(worker.live_requests))
             self.engine, self.worker = engine, worker
+            runner = JobRunner(self.jobs, self.store, worker, engine,
+                               on_finish=lambda status: self.metrics.jobs.labels(status).inc(),
+                               call_timeout_s=self.settings.request_timeout_s)
+            runner.start()
+            self.runner = runner
             self.metrics.model_ready.set(1)
             log.info("model ready", extra={"model": engine.model_name, "backend": engine.backend})
         except Exception as exc:
@@ -66,6 +75,8 @@ class Services:
     def shutdown(self, drain_s: float) -> None:
         if self._loader is not None:
             self._loader.join(timeout=drain_s)
+        if self.runner is not None:
+            self.runner.stop(timeout=drain_s)
         if self.worker is not None:
             self.worker.stop(timeout=drain_s)
         if self.engine is not None:

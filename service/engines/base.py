@@ -66,6 +66,19 @@ class PromptSize:
         return max(self.plain, self.principle or 0)
 
 
+class Readout(Protocol):
+    """Conversations whose prefix is computed once; see ``Engine.open_readout``."""
+
+    size: int
+
+    def yes_probability(self, options: Sequence[Sequence[SteeringVector]]) -> torch.Tensor:
+        """``[len(options), size]``: P("Yes") normalised against "No", one row per steering option
+        (the vectors apply at the last prompt token)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Engine(Protocol):
     backend: str
     model_name: str
@@ -85,9 +98,16 @@ class Engine(Protocol):
         """P("Yes") / (P("Yes") + P("No")) for the assistant's first token of each conversation."""
         ...
 
-    def capture_head_activations(self, conversations: Sequence[list[Message]]) -> torch.Tensor:
-        """Per-head attention outputs (input of ``o_proj``) at the last prompt token:
-        ``[n, layers, heads, head_dim]`` float32."""
+    def capture_head_activations(self, conversations: Sequence[list[Message]],
+                                 completions: Sequence[str] | None = None) -> torch.Tensor:
+        """Per-head attention outputs (input of ``o_proj``) at the last prompt token, or, with
+        ``completions``, at the last token of each completion written after the assistant's
+        generation prompt: ``[n, layers, heads, head_dim]`` float32."""
+        ...
+
+    def open_readout(self, conversations: Sequence[list[Message]]) -> Readout:
+        """Prefill every conversation except its last prompt token once, so that many steering
+        options can then be tried at the readout position for the cost of one token each."""
         ...
 
     def close(self) -> None: ...

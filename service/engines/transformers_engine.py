@@ -275,8 +275,14 @@ class TransformersEngine:
         return torch.softmax(pair, dim=-1)[:, 0].tolist()
 
     @torch.inference_mode()
-    def capture_head_activations(self, conversations: Sequence[list[Message]]) -> torch.Tensor:
+    def capture_head_activations(self, conversations: Sequence[list[Message]],
+                                 completions: Sequence[str] | None = None) -> torch.Tensor:
         seqs = [self.encode_chat(c) for c in conversations]
+        if completions is not None:
+            if len(completions) != len(seqs):
+                raise ValueError("one completion per conversation")
+            seqs = [s + self.tokenizer.encode(c, add_special_tokens=False)
+                    for s, c in zip(seqs, completions, strict=True)]
         ids, mask = self._left_pad(seqs)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         with HeadCapture(self.model) as cap:
@@ -284,5 +290,39 @@ class TransformersEngine:
         stacked = torch.stack([cap.outputs[i] for i in range(self.num_layers)], dim=1)
         return stacked.view(len(seqs), self.num_layers, self.num_heads, self.head_dim).cpu()
 
+    def open_readout(self, conversations: Sequence[list[Message]]) -> _Readout:
+        return _Readout(self, [self.encode_chat(c) for c in conversations])
+
     def close(self) -> None:
         del self.model
+
+
+class _Readout:
+    """Prefix KV cache of a fixed set of conversations; each steering option costs one token per
+    conversation (the cache is cropped back to the prefix after every option)."""
+
+    def __init__(self, engine: TransformersEngine, seqs: list[list[int]]) -> None:
+        if any(len(s) < 2 for s in seqs):
+            raise ValueError("readout conversations need at least two tokens")
+        self.engine = engine
+        self.size = len(seqs)
+        ids, mask = engine._left_pad(seqs)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        self._last_ids, self._mask, self._last_pos = ids[:, -1:], mask, positions[:, -1:]
+        with torch.inference_mode():
+            _, self._cache = engine._forward(ids[:, :-1], mask[:, :-1], None, positions[:, :-1])
+
+    @torch.inference_mode()
+    def yes_probability(self, options: Sequence[Sequence[SteeringVector]]) -> torch.Tensor:
+        eng = self.engine
+        out = torch.empty(len(options), self.size)
+        for k, steering in enumerate(options):
+            with SteeringHooks(eng.model, [tuple(steering)] * self.size, eng.head_dim, eng.dtype, eng.device):
+                logits, cache = eng._forward(self._last_ids, self._mask, self._cache, self._last_pos)
+            cache.crop(-1)  # drop the readout token: back to the prefix
+            pair = torch.stack([logits[:, eng.yes_id], logits[:, eng.no_id]], dim=-1)
+            out[k] = torch.softmax(pair, dim=-1)[:, 0].cpu()
+        return out
+
+    def close(self) -> None:
+        del self._cache

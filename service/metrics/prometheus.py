@@ -54,6 +54,8 @@ class Metrics:
                                          "Responses not in the language of the prompt", ["profile"], registry=r)
         self.finished = Counter("alignserve_generations", "Finished generations by finish reason",
                                 ["finish_reason"], registry=r)
+        self.jobs = Counter("alignserve_compile_jobs", "Finished profile-compilation jobs by outcome", ["status"],
+                            registry=r)
 
     def watch_worker(self, depth: Callable[[], int], live: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))

@@ -3,17 +3,20 @@ rubric)``; the English reward model and the Activation RM plug in here as furthe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from ..engines.base import Engine
+from .activation_rm import ActivationRMScorer, CompiledARM
 from .judge import GenerativeJudge
 
 
 class Scorer(Protocol):
     name: str
 
-    def score(self, engine: Engine, prompt: str, responses: list[str], rubric: str) -> list[float]: ...
+    def score(self, engine: Engine, prompt: str, responses: Sequence[str], rubric: str,
+              compiled: CompiledARM | None = None) -> list[float]: ...
 
 
 def default_scorers() -> dict[str, Scorer]:
-    return {"judge": GenerativeJudge()}
+    return {"judge": GenerativeJudge(), "activation_rm": ActivationRMScorer()}

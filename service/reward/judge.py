@@ -36,5 +36,6 @@ def judge_conversation(prompt: str, response: str, rubric: str) -> list[Message]
 class GenerativeJudge:
     name = "judge"
 
-    def score(self, engine: Engine, prompt: str, responses: Sequence[str], rubric: str) -> list[float]:
+    def score(self, engine: Engine, prompt: str, responses: Sequence[str], rubric: str,
+              compiled: object = None) -> list[float]:
         return engine.yes_probability([judge_conversation(prompt, r, rubric) for r in responses])

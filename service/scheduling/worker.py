@@ -10,6 +10,7 @@ unboundedly. Generation jobs waiting together are decoded as one batch (up to
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -36,8 +37,8 @@ class WorkerStopped(RuntimeError):
 
 @dataclass
 class _Job:
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None  # None: a thread waits on a concurrent future
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any]
     request: GenerationRequest | None = None
     call: Callable[[Engine], Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
@@ -52,6 +53,9 @@ def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) 
         else:
             job.future.set_result(result)
 
+    if job.loop is None:
+        settle()
+        return
     with contextlib.suppress(RuntimeError):  # loop closed: the caller is gone
         job.loop.call_soon_threadsafe(settle)
 
@@ -106,15 +110,31 @@ class EngineWorker:
 
     def submit_generate(self, request: GenerationRequest) -> asyncio.Future[GenerationResult]:
         loop = asyncio.get_running_loop()
-        job = _Job(loop, loop.create_future(), request=request)
-        self._submit(job)
-        return job.future
+        fut: asyncio.Future[GenerationResult] = loop.create_future()
+        self._submit(_Job(loop, fut, request=request))
+        return fut
 
     def submit_call(self, call: Callable[[Engine], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
-        job = _Job(loop, loop.create_future(), call=call)
-        self._submit(job)
-        return job.future
+        fut: asyncio.Future[T] = loop.create_future()
+        self._submit(_Job(loop, fut, call=call))
+        return fut
+
+    def call_blocking(self, call: Callable[[Engine], T], timeout: float = 600.0) -> T:
+        """Run ``call`` on the engine thread from another thread (background jobs) and wait.
+
+        A full queue is waited out rather than refused: background work yields to requests."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+            try:
+                self._submit(_Job(None, fut, call=call))
+                break
+            except Overloaded:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        return fut.result(timeout=max(0.0, deadline - time.monotonic()))
 
     # ---- worker thread -----------------------------------------------------------------
     def _run(self) -> None:

@@ -1,0 +1,321 @@
+"""Activation Reward Models (Chai et al., 2025): compile a profile from few-shot examples, then
+score with the selected heads patched and steer generation along them.
+
+Compilation has three phases, each a series of short engine calls (so generation requests keep
+being served in between):
+
+1. ``means`` — few-shot contexts (labelled demos as earlier chat turns, then one query in the
+   zero-shot judge format) are run and every head's output at the readout position (the last
+   prompt token) is averaged over contexts.
+2. ``selection`` — REINFORCE picks the heads whose mean, patched into zero-shot queries at the
+   readout position, best predicts the labels (``alignment.head_selection``); of its ranking,
+   the prefix (at most ``num_heads`` long) with the best label likelihood is kept.
+3. ``directions`` — per selected head, the mass-mean direction between accepted and rejected
+   responses, read at each response's last token, for steering during generation.
+
+Scoring uses the same zero-shot prompt as the generative judge, so a profile with no heads
+scores exactly like ``method="judge"``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..alignment.head_selection import (
+    ReinforceConfig,
+    label_log_likelihood,
+    mass_mean_directions,
+    reinforce_head_selection,
+    top_heads,
+)
+from ..alignment.spec import SteeringVector
+from ..engines.base import Engine, Message, Readout
+from .judge import JUDGE_SYSTEM, judge_conversation
+
+T = TypeVar("T")
+RunOnEngine = Callable[[Callable[[Engine], T]], T]
+Progress = Callable[[str, int, int], None]
+
+
+class CompileCancelled(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabelledExample:
+    prompt: str
+    response: str
+    good: bool
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    num_heads: int = 16
+    shots_per_context: int = 4
+    max_contexts: int = 32  # few-shot contexts averaged for the means
+    max_pool: int = 64  # zero-shot queries that score each REINFORCE draw
+    iterations: int = 40
+    samples: int = 4
+    seed: int = 0
+    batch_size: int = 8
+
+
+def _judge_user(ex: LabelledExample, rubric: str) -> str:
+    return judge_conversation(ex.prompt, ex.response, rubric)[-1]["content"]
+
+
+def fewshot_context(demos: Sequence[LabelledExample], query: LabelledExample, rubric: str) -> list[Message]:
+    """Labelled demos as earlier turns of the judge conversation, then the query's question."""
+    msgs: list[Message] = [{"role": "system", "content": JUDGE_SYSTEM}]
+    for d in demos:
+        msgs.append({"role": "user", "content": _judge_user(d, rubric)})
+        msgs.append({"role": "assistant", "content": "Yes" if d.good else "No"})
+    msgs.append({"role": "user", "content": _judge_user(query, rubric)})
+    return msgs
+
+
+def _header_metadata(blob: bytes) -> dict[str, str]:
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    return dict(header.get("__metadata__", {}))
+
+
+@dataclass
+class CompiledARM:
+    """What a compiled profile stores: selected heads, their few-shot means (the scoring patch) and
+    their steering directions with the examples' spread along them."""
+
+    heads: list[tuple[int, int]]  # (layer, head), most useful first
+    means: torch.Tensor  # [k, head_dim]
+    directions: torch.Tensor  # [k, head_dim] unit vectors
+    sigmas: torch.Tensor  # [k]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        heads = torch.tensor(self.heads, dtype=torch.int64).reshape(-1, 2)
+        return st_save({"heads": heads, "means": self.means.contiguous(), "directions": self.directions.contiguous(),
+                        "sigmas": self.sigmas.contiguous()}, metadata={"info": json.dumps(self.info)})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> CompiledARM:
+        t = st_load(blob)
+        info = json.loads(_header_metadata(blob).get("info", "{}"))
+        heads = [(int(a), int(b)) for a, b in t["heads"].tolist()]
+        return cls(heads, t["means"], t["directions"], t["sigmas"], info)
+
+    def check_engine(self, engine: Engine) -> None:
+        want = (self.info.get("num_layers"), self.info.get("num_heads"), self.info.get("head_dim"))
+        have = (engine.num_layers, engine.num_heads, engine.head_dim)
+        if want != have:
+            raise ValueError(f"profile was compiled for a model with (layers, heads, head_dim)={want}; "
+                             f"the served model has {have}")
+
+    def scoring_steering(self) -> list[SteeringVector]:
+        """Replace the selected heads by their few-shot means at the readout position."""
+        return [SteeringVector(layer=layer, head=h, vector=self.means[i], position="last_prompt", replace=True)
+                for i, (layer, h) in enumerate(self.heads)]
+
+    def generation_steering(self, strength: float) -> list[SteeringVector]:
+        """Shift the selected heads by ``strength`` standard deviations toward accepted responses
+        on every generated token (0 = off)."""
+        if strength == 0:
+            return []
+        return [SteeringVector(layer=layer, head=h, vector=self.directions[i] * self.sigmas[i], scale=strength,
+                               position="generated")
+                for i, (layer, h) in enumerate(self.heads) if float(self.sigmas[i]) > 0]
+
+
+def head_patches(means: torch.Tensor, mask: torch.Tensor) -> list[SteeringVector]:
+    """Steering vectors that replace every head with ``mask`` set by its mean (``means``:
+    ``[layers, heads, d]``; ``mask``: ``[layers*heads]``)."""
+    n_heads = means.shape[1]
+    return [SteeringVector(layer=i // n_heads, head=i % n_heads, vector=means[i // n_heads, i % n_heads],
+                           position="last_prompt", replace=True)
+            for i in mask.nonzero().flatten().tolist()]
+
+
+def validate_examples(examples: Sequence[LabelledExample]) -> None:
+    goods = sum(e.good for e in examples)
+    if len(examples) < 4:
+        raise ValueError("an activation reward model needs at least 4 labelled examples")
+    if goods == 0 or goods == len(examples):
+        raise ValueError("examples need both labels (some good, some bad)")
+
+
+def _balanced_order(examples: Sequence[LabelledExample], rng: random.Random) -> list[int]:
+    """Indices alternating good and bad while both last, each class shuffled."""
+    good = [i for i, e in enumerate(examples) if e.good]
+    bad = [i for i, e in enumerate(examples) if not e.good]
+    rng.shuffle(good)
+    rng.shuffle(bad)
+    out: list[int] = []
+    while good or bad:
+        for group in (good, bad):
+            if group:
+                out.append(group.pop())
+    return out
+
+
+def _batches(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def select_heads(
+    try_options: Callable[[list[list[SteeringVector]]], torch.Tensor],
+    means: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: ReinforceConfig,
+    max_heads: int,
+    on_iteration: Callable[[], None] | None = None,
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """REINFORCE over head masks, then the best-scoring prefix (≤ ``max_heads``) of its ranking.
+
+    ``try_options`` maps steering options to ``[options, n]`` P(Yes) for a fixed query set with
+    ``labels``; ``means`` is ``[layers, heads, d]``. Returns the chosen flat head indices and
+    P(Yes) without and with the patch.
+    """
+    layers, heads = means.shape[0], means.shape[1]
+
+    def evaluate(masks: torch.Tensor) -> torch.Tensor:
+        p = try_options([head_patches(means, m) for m in masks])
+        if on_iteration is not None:
+            on_iteration()
+        return label_log_likelihood(p, labels)
+
+    theta = reinforce_head_selection(layers * heads, evaluate, cfg)
+    ranked = top_heads(theta, max_heads)
+    prefixes = []
+    for k in range(1, len(ranked) + 1):  # one readout call tries every prefix length
+        mask = torch.zeros(layers * heads)
+        mask[ranked[:k]] = 1
+        prefixes.append(head_patches(means, mask))
+    p = try_options([[], *prefixes])
+    best = int(torch.argmax(label_log_likelihood(p[1:], labels)))
+    return ranked[: best + 1], p[0], p[best + 1]
+
+
+def _prompt_len(eng: Engine, conv: list[Message]) -> int:
+    return eng.prompt_size(conv, None).plain
+
+
+def _capture(eng: Engine, convs: list[list[Message]], completions: list[str] | None = None) -> torch.Tensor:
+    return eng.capture_head_activations(convs, completions)
+
+
+def compile_activation_rm(
+    run: RunOnEngine[Any],
+    examples: Sequence[LabelledExample],
+    rubric: str,
+    settings: CompileSettings,
+    engine_shape: tuple[int, int, int, int],
+    model_name: str,
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> CompiledARM:
+    """Run the three phases on the engine through ``run`` (which executes a call on the engine's
+    thread) and return the compiled profile. ``engine_shape`` is (layers, heads, head_dim,
+    max_model_len)."""
+    validate_examples(examples)
+    layers, heads, head_dim, max_len = engine_shape
+    rng = random.Random(settings.seed)
+    order = _balanced_order(examples, rng)
+    labels = torch.tensor([examples[i].good for i in range(len(examples))])
+    n_ctx = min(len(examples), settings.max_contexts)
+    pool = order[: min(len(examples), settings.max_pool)]
+    dir_batches = _batches(len(examples), settings.batch_size)
+    ctx_batches = _batches(n_ctx, settings.batch_size)
+    total = len(ctx_batches) + settings.iterations + len(dir_batches) + 1
+    step = 0
+
+    def tick(phase: str) -> None:
+        nonlocal step
+        if cancelled is not None and cancelled():
+            raise CompileCancelled("compilation cancelled")
+        step += 1
+        if progress is not None:
+            progress(phase, step, total)
+
+    started = time.perf_counter()
+    # 1. few-shot means at the readout position
+    contexts: list[list[Message]] = []
+    for c in range(n_ctx):
+        q = order[c]
+        others = [i for i in order if i != q]
+        demos = [examples[i] for i in rng.sample(others, min(settings.shots_per_context, len(others)))]
+        contexts.append(fewshot_context(demos, examples[q], rubric))
+    for c in range(n_ctx):  # drop demos until the context fits the model
+        while run(partial(_prompt_len, conv=contexts[c])) >= max_len - 1 and len(contexts[c]) > 2:
+            contexts[c] = contexts[c][:1] + contexts[c][3:]
+    total_means = torch.zeros(layers, heads, head_dim)
+    for b in ctx_batches:
+        batch = [contexts[i] for i in b]
+        total_means += run(partial(_capture, convs=batch)).sum(0)
+        tick("means")
+    means = total_means / n_ctx
+
+    # 2. REINFORCE head selection on zero-shot queries, prefix computed once
+    queries = [judge_conversation(examples[i].prompt, examples[i].response, rubric) for i in pool]
+    def open_readout(eng: Engine) -> Readout:
+        return eng.open_readout(queries)
+
+    readout = run(open_readout)
+    pool_labels = labels[pool]
+    try:
+        def try_options(options: list[list[SteeringVector]]) -> torch.Tensor:
+            return run(lambda _eng: readout.yes_probability(options))  # type: ignore[no-any-return]
+
+        cfg = ReinforceConfig(iterations=settings.iterations, samples=settings.samples, seed=settings.seed)
+        chosen, zero_shot, patched = select_heads(try_options, means, pool_labels, cfg, settings.num_heads,
+                                                  lambda: tick("selection"))
+    finally:
+        run(lambda _eng: readout.close())
+    tick("selection")
+    head_list = [(i // heads, i % heads) for i in chosen]
+
+    # 3. steering directions at the end of each response
+    idx = torch.tensor([layer * heads + h for layer, h in head_list], dtype=torch.long)
+    sel_acts = []
+    for b in dir_batches:
+        convs = [[{"role": "user", "content": examples[i].prompt}] for i in b]
+        completions = [examples[i].response for i in b]
+        acts = run(partial(_capture, convs=convs, completions=completions))
+        sel_acts.append(acts.reshape(len(b), layers * heads, head_dim)[:, idx])
+        tick("directions")
+    directions, sigmas = mass_mean_directions(torch.cat(sel_acts), labels)
+
+    def accuracy(p: torch.Tensor) -> float:
+        return float(((p > 0.5) == pool_labels).float().mean())
+
+    info = {
+        "model": model_name, "num_layers": layers, "num_heads": heads, "head_dim": head_dim,
+        "examples": len(examples), "contexts": n_ctx, "pool": len(pool), "iterations": settings.iterations,
+        "zero_shot_accuracy": accuracy(zero_shot), "patched_accuracy": accuracy(patched),
+        "zero_shot_log_likelihood": float(label_log_likelihood(zero_shot.unsqueeze(0), pool_labels)[0]),
+        "patched_log_likelihood": float(label_log_likelihood(patched.unsqueeze(0), pool_labels)[0]),
+        "compile_s": round(time.perf_counter() - started, 2), "compiled_at": time.time(),
+    }
+    return CompiledARM(head_list, means[idx // heads, idx % heads].clone(), directions, sigmas, info)
+
+
+class ActivationRMScorer:
+    """``method="activation_rm"``: the judge's P(Yes) with the profile's heads patched."""
+
+    name = "activation_rm"
+
+    def score(self, engine: Engine, prompt: str, responses: Sequence[str], rubric: str,
+              compiled: CompiledARM | None = None) -> list[float]:
+        if compiled is None:
+            raise ValueError("activation_rm scoring needs a profile with compiled activations")
+        return engine.yes_probability([judge_conversation(prompt, r, rubric) for r in responses],
+                                      compiled.scoring_steering())

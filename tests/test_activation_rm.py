@@ -1,0 +1,255 @@
+"""Activation Reward Models: head selection, compilation, scoring, steering, persistence, bad input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.alignment.head_selection import (
+    ReinforceConfig,
+    label_log_likelihood,
+    mass_mean_directions,
+    reinforce_head_selection,
+    top_heads,
+)
+from service.engines.transformers_engine import TransformersEngine
+from service.reward.activation_rm import (
+    ActivationRMScorer,
+    CompiledARM,
+    CompileSettings,
+    LabelledExample,
+    compile_activation_rm,
+    select_heads,
+)
+from service.reward.judge import GenerativeJudge, judge_conversation
+
+from .conftest import make_settings, open_client
+
+
+def test_reinforce_recovers_planted_heads_from_a_noisy_reward() -> None:
+    planted = [3, 17, 29]
+    gen = torch.Generator().manual_seed(1)
+
+    def evaluate(masks: torch.Tensor) -> torch.Tensor:
+        useful = masks[:, planted].sum(1)
+        harmful = masks.sum(1) - useful
+        return useful - 0.2 * harmful + 0.3 * torch.randn(masks.shape[0], generator=gen)
+
+    theta = reinforce_head_selection(40, evaluate, ReinforceConfig(iterations=150, samples=6, seed=0))
+    assert sorted(top_heads(theta, 3)) == planted
+    assert torch.sigmoid(theta[planted]).min() > 0.9
+
+
+def test_label_log_likelihood_and_mass_mean_directions_by_hand() -> None:
+    p = torch.tensor([[0.9, 0.2], [0.5, 0.5]])
+    ll = label_log_likelihood(p, torch.tensor([True, False]))
+    assert ll.tolist() == pytest.approx([float(torch.log(torch.tensor(0.9)) + torch.log(torch.tensor(0.8))) / 2,
+                                         float(torch.log(torch.tensor(0.5)))], abs=1e-6)
+    # head 0 separates the labels along x, head 1 not at all
+    acts = torch.tensor([[[2.0, 0.0], [1.0, 1.0]], [[4.0, 0.0], [1.0, 1.0]], [[-2.0, 0.0], [1.0, 1.0]],
+                         [[-4.0, 0.0], [1.0, 1.0]]])
+    unit, sigma = mass_mean_directions(acts, torch.tensor([True, True, False, False]))
+    assert unit[0].tolist() == pytest.approx([1.0, 0.0])
+    assert unit[1].tolist() == [0.0, 0.0]
+    assert sigma[0] == pytest.approx(3.1622776, abs=1e-5)  # std of (2, 4, -2, -4)
+    with pytest.raises(ValueError):
+        mass_mean_directions(acts, torch.tensor([True] * 4))
+
+
+def test_selection_finds_the_only_heads_that_matter_in_a_tiny_model(tiny_model_dir: Path) -> None:
+    """A tiny model whose ``o_proj`` ignores all heads but two: patching any other head cannot
+    change the readout, so the selection must rank the two planted heads first."""
+    engine = TransformersEngine(str(tiny_model_dir), device="cpu", dtype="float32", max_model_len=256)
+    planted = {(0, 2), (1, 1)}
+    d = engine.head_dim
+    with torch.no_grad():
+        for layer in range(engine.num_layers):
+            w = engine.model.model.layers[layer].self_attn.o_proj.weight
+            for h in range(engine.num_heads):
+                if (layer, h) not in planted:
+                    w[:, h * d:(h + 1) * d] = 0
+    means = 4.0 * torch.randn(engine.num_layers, engine.num_heads, d, generator=torch.Generator().manual_seed(0))
+    queries = [judge_conversation(f"question {i}?", f"answer {i} " * (1 + i % 4), "Is it good?") for i in range(12)]
+    readout = engine.open_readout(queries)
+    mask = torch.zeros(engine.num_layers * engine.num_heads)
+    for layer, h in planted:
+        mask[layer * engine.num_heads + h] = 1
+    from service.reward.activation_rm import head_patches
+
+    p = readout.yes_probability([[], head_patches(means, mask)])
+    labels = p[1] > p[0]  # what the planted patch pushes toward: only those heads can get there
+    assert 0 < int(labels.sum()) < len(queries) or bool((p[1] - p[0]).abs().min() > 1e-3)
+    chosen, zero, patched = select_heads(readout.yes_probability, means, labels,
+                                         ReinforceConfig(iterations=60, samples=4, seed=0), max_heads=4)
+    readout.close()
+    ranked = {(i // engine.num_heads, i % engine.num_heads) for i in chosen}
+    assert planted <= ranked or ranked <= planted and ranked
+    assert float(label_log_likelihood(patched.unsqueeze(0), labels)[0]) > \
+        float(label_log_likelihood(zero.unsqueeze(0), labels)[0])
+
+
+def _examples(n: int) -> list[LabelledExample]:
+    return [LabelledExample(f"What is {i} plus one?", f"It is {i + 1}." if i % 2 else f"It is {i + 7}.", bool(i % 2))
+            for i in range(n)]
+
+
+def test_compile_roundtrip_and_no_heads_scores_like_the_judge(tiny_engine: TransformersEngine) -> None:
+    e = tiny_engine
+    progress: list[tuple[str, int, int]] = []
+    compiled = compile_activation_rm(lambda call: call(e), _examples(10), "Is it right?",
+                                     CompileSettings(num_heads=3, iterations=6), (e.num_layers, e.num_heads,
+                                                                                 e.head_dim, e.max_model_len),
+                                     "tiny", lambda *a: progress.append(a))
+    assert 1 <= len(compiled.heads) <= 3
+    assert compiled.means.shape == compiled.directions.shape == (len(compiled.heads), e.head_dim)
+    assert [p[0] for p in progress][0] == "means" and progress[-1][1] == progress[-1][2]
+    back = CompiledARM.from_bytes(compiled.to_bytes())
+    assert back.heads == compiled.heads and back.info == compiled.info
+    assert torch.equal(back.means, compiled.means) and torch.equal(back.sigmas, compiled.sigmas)
+    responses = ["It is 4.", "It is 10."]
+    judge = GenerativeJudge().score(e, "What is 3 plus one?", responses, "Is it right?")
+    empty = CompiledARM([], torch.zeros(0, e.head_dim), torch.zeros(0, e.head_dim), torch.zeros(0))
+    assert ActivationRMScorer().score(e, "What is 3 plus one?", responses, "Is it right?", empty) == judge
+    patched = ActivationRMScorer().score(e, "What is 3 plus one?", responses, "Is it right?", back)
+    assert patched != pytest.approx(judge, abs=1e-6)
+    assert back.generation_steering(0.0) == []
+    assert all(v.position == "generated" and v.scale == 2.0 for v in back.generation_steering(2.0))
+    with pytest.raises(ValueError):
+        compile_activation_rm(lambda call: call(e), _examples(10)[1::2], "r", CompileSettings(),
+                              (e.num_layers, e.num_heads, e.head_dim, e.max_model_len), "tiny")
+
+
+ARM_BODY = {
+    "name": "arith",
+    "rubric": "Is the answer right?",
+    "activation_rm": {
+        "examples": [{"prompt": f"What is {i} plus one?", "response": f"It is {i + 1 if i % 2 else i + 7}.",
+                      "label": "good" if i % 2 else "bad"} for i in range(8)],
+        "pairs": [{"prompt": "What is 2 plus 2?", "chosen": "It is 4.", "rejected": "It is 5."}],
+        "num_heads": 3, "iterations": 8, "steer_strength": 6.0,
+    },
+}
+
+
+def _wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def test_compile_job_then_score_and_steer_then_survive_restart(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = make_settings(tmp_path, tiny_model_dir)
+    client = open_client(settings)
+    try:
+        r = client.post("/profiles", json=ARM_BODY)
+        assert r.status_code == 202, r.text
+        assert r.headers["location"] == f"/jobs/{r.json()['id']}"
+        job = _wait_job(client, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        assert job["profile_ref"] == "arith@1" and job["done"] == job["total"] > 0
+        prof = client.get("/profiles/arith").json()
+        assert prof["compiled"]["examples"] == 10 and 1 <= len(prof["compiled"]["heads"]) <= 3
+        assert len(prof["spec"]["activation_rm"]["examples"]) == 8  # the examples persist with the profile
+
+        body = {"prompt": "What is 3 plus one?", "responses": ["It is 4.", "It is 10."], "profile": "arith"}
+        arm = client.post("/score", json={**body, "method": "activation_rm"}).json()
+        judge = client.post("/score", json={**body, "method": "judge"}).json()
+        assert arm["method"] == "activation_rm" and arm["profile"] == "arith@1"
+        assert arm["scores"] != pytest.approx(judge["scores"], abs=1e-6)
+
+        gen = {"prompt": "What is 5 plus one?", "max_tokens": 12, "profile": "arith"}
+        steered = client.post("/generate", json=gen).json()
+        off = client.post("/generate", json={**gen, "steer_strength": 0}).json()
+        plain = client.post("/generate", json={**gen, "profile": None}).json()
+        assert steered["alignment"]["steered_heads"] == len(prof["compiled"]["heads"])
+        assert steered["alignment"]["steer_strength"] == 6.0
+        assert steered["alignment"]["method"] == "activation_steering"
+        assert off["alignment"]["steered_heads"] == 0 and off["text"] == plain["text"]
+        assert steered["text"] != plain["text"]
+        with_la = client.post("/generate", json={**gen, "profile": "arith"}).json()
+        assert with_la["text"] == steered["text"]  # deterministic (greedy)
+    finally:
+        client.__exit__(None, None, None)
+
+    again = open_client(settings)  # same database: the compiled profile is still there
+    try:
+        arm2 = again.post("/score", json={**body, "method": "activation_rm"}).json()
+        assert arm2["scores"] == pytest.approx(arm["scores"], abs=1e-6)
+        assert again.get("/jobs").json()[0]["status"] == "succeeded"
+    finally:
+        again.__exit__(None, None, None)
+
+
+def test_steering_together_with_linear_alignment(client: TestClient) -> None:
+    r = client.post("/profiles", json={**ARM_BODY, "name": "both", "principle": "Be concise."})
+    assert _wait_job(client, r.json()["id"])["status"] == "succeeded"
+    out = client.post("/generate", json={"prompt": "Hello?", "max_tokens": 6, "profile": "both"}).json()
+    assert out["alignment"]["method"] == "linear_alignment+activation_steering"
+    assert out["alignment"]["principle"] == "Be concise." and out["alignment"]["steered_heads"] >= 1
+
+
+def test_interrupted_job_resumes_after_restart(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = make_settings(tmp_path, tiny_model_dir)
+    client = open_client(settings)
+    slow = {**ARM_BODY, "activation_rm": {**ARM_BODY["activation_rm"], "iterations": 400}}  # type: ignore[dict-item]
+    job_id = client.post("/profiles", json=slow).json()["id"]
+    deadline = time.time() + 30
+    while client.get(f"/jobs/{job_id}").json()["status"] != "running" and time.time() < deadline:
+        time.sleep(0.05)
+    client.__exit__(None, None, None)  # shut down mid-compilation
+    again = open_client(settings)
+    try:
+        job = _wait_job(again, job_id, timeout=120)
+        assert job["status"] == "succeeded" and job["attempts"] == 2, job
+        assert again.get("/profiles/arith").json()["compiled"] is not None
+    finally:
+        again.__exit__(None, None, None)
+
+
+def test_cancel_a_job(client: TestClient) -> None:
+    slow = {**ARM_BODY, "activation_rm": {**ARM_BODY["activation_rm"], "iterations": 500}}  # type: ignore[dict-item]
+    first = client.post("/profiles", json=slow).json()["id"]
+    second = client.post("/profiles", json={**slow, "name": "queued"}).json()["id"]
+    assert client.delete(f"/jobs/{second}").json()["status"] == "cancelled"  # still queued: at once
+    client.delete(f"/jobs/{first}")
+    assert _wait_job(client, first)["status"] == "cancelled"
+    assert client.get("/profiles/arith").status_code == 404
+    assert client.delete("/jobs/job-nope").status_code == 404
+    assert client.get("/jobs/job-nope").status_code == 404
+
+
+@pytest.mark.parametrize("change, status, kind", [
+    ({"examples": []}, 422, "invalid_request"),  # 1 pair = 2 examples < 4
+    ({"examples": [{"prompt": "q", "response": "r", "label": "good"}] * 5, "pairs": []}, 422, "invalid_request"),
+    ({"examples": [{"prompt": "q", "response": "r", "label": "maybe"}] * 5}, 422, "invalid_request"),
+    ({"examples": [{"prompt": "q", "response": "r", "label": "good"}] * 400, "pairs":
+      [{"prompt": "q", "chosen": "a", "rejected": "b"}] * 100}, 422, "invalid_request"),
+    ({"examples": [{"prompt": "q " * 2000, "response": "r", "label": "good"}] * 2 +
+      [{"prompt": "q", "response": "r", "label": "bad"}] * 2}, 413, "example_too_long"),
+    ({"num_heads": 0}, 422, "invalid_request"),
+])
+def test_bad_example_sets_are_rejected(client: TestClient, change: dict[str, object], status: int,
+                                       kind: str) -> None:
+    body = {**ARM_BODY, "activation_rm": {**ARM_BODY["activation_rm"], **change}}  # type: ignore[dict-item]
+    r = client.post("/profiles", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["type"] == kind
+    assert client.get("/jobs").json() == []
+
+
+def test_activation_rm_needs_a_compiled_stored_profile(client: TestClient) -> None:
+    client.post("/profiles", json={"name": "plain", "rubric": "Is it right?"})
+    body = {"prompt": "q", "responses": ["a"], "method": "activation_rm"}
+    assert client.post("/score", json={**body, "profile": "plain"}).json()["error"]["type"] == "profile_not_compiled"
+    assert client.post("/score", json=body).status_code == 422
+    inline = {"rubric": "x", "activation_rm": ARM_BODY["activation_rm"]}
+    r = client.post("/generate", json={"prompt": "hi", "profile": inline})
+    assert r.status_code == 422 and "inline" in r.json()["error"]["message"]
