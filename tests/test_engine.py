@@ -196,3 +196,21 @@ def test_readout_session_matches_full_forward_and_capture_of_completions(tiny_en
     assert not torch.allclose(with_completion, prompt_only)
     assert with_completion.shape == prompt_only.shape
     assert len(ids) > len(tiny_engine.encode_chat(convs[0]))
+
+
+def test_steered_rows_survive_batch_compaction(tiny_engine: TransformersEngine) -> None:
+    """When a batch-mate finishes early its rows leave the KV cache; the steering plans must follow
+    (regression: hooks kept the pre-compaction plans and crashed on the row count)."""
+    d = tiny_engine.head_dim
+
+    def steered(rid: str, n: int, head: int, value: float) -> GenerationRequest:
+        return GenerationRequest(rid, Q, SamplingParams(max_tokens=n), AlignmentSpec(steering=(
+            SteeringVector(layer=0, head=head, vector=torch.full((d,), value)),
+            SteeringVector(layer=1, vector=torch.full((tiny_engine.model.config.hidden_size,), value / 4)))))
+
+    alone = tiny_engine.generate([steered("long", 10, 1, 3.0)])[0]
+    short, long_, plain = tiny_engine.generate([steered("short", 2, 2, -3.0), steered("long", 10, 1, 3.0),
+                                                req("plain", max_tokens=10)])
+    assert short.completion_tokens <= 2
+    assert long_.token_ids == alone.token_ids
+    assert plain.token_ids == tiny_engine.generate([req("plain", max_tokens=10)])[0].token_ids

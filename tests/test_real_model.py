@@ -15,6 +15,7 @@ from service.engines.transformers_engine import TransformersEngine
 
 pytestmark = pytest.mark.slow
 
+STEER_STRENGTH = 8.0
 PROMPTS = [
     "What is the capital of France?",
     "Why is the sky blue?",
@@ -80,3 +81,44 @@ def test_converted_weights_match_the_gguf(real_model_dir: Path) -> None:
     print(f"relative logit error vs GGUF load: {rel:.4f}")
     assert rel < 0.01  # bf16 storage of the de-quantized weights
     assert (ours.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+
+
+def test_activation_rm_profile_moves_scores_and_generations_toward_french(engine: TransformersEngine) -> None:
+    """The README's 'french' profile: compiled from 24 labelled examples, its Activation RM must rank
+    held-out French answers above English ones at least as well as the plain judge, and its steering
+    must make more generated answers French than steering off."""
+    import json
+
+    from service.language.fidelity import LanguageDetector
+    from service.reward.activation_rm import CompileSettings, LabelledExample, compile_activation_rm
+    from service.reward.judge import judge_conversation
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "bench" / "data" / "french_profile.json").read_text())
+    train = [LabelledExample(q, fr, True) for q, fr, _ in data["train"]]
+    train += [LabelledExample(q, en, False) for q, _, en in data["train"]]
+    compiled = compile_activation_rm(
+        lambda call: call(engine), train, data["rubric"],
+        CompileSettings(num_heads=16, shots_per_context=2, max_contexts=16, iterations=20),
+        (engine.num_layers, engine.num_heads, engine.head_dim, engine.max_model_len), "qwen-0.5b")
+    test = data["test"]
+    readout = engine.open_readout([judge_conversation(q, fr, data["rubric"]) for q, fr, _ in test]
+                                  + [judge_conversation(q, en, data["rubric"]) for q, _, en in test])
+    p = readout.yes_probability([[], compiled.scoring_steering()])
+    readout.close()
+    n = len(test)
+    margin = (p[:, :n] - p[:, n:]).mean(1)
+    print(f"heads {compiled.heads}; French-English P(Yes) margin: judge {margin[0]:.3f}, ARM {margin[1]:.3f}")
+    assert bool((p[1, :n] > p[1, n:]).all())
+    assert margin[1] >= margin[0] - 0.02
+
+    detector = LanguageDetector()
+
+    def french_share(strength: float) -> float:
+        steering = tuple(compiled.generation_steering(strength))
+        reqs = [GenerationRequest(f"{strength}-{i}", [{"role": "user", "content": q}], SamplingParams(max_tokens=30),
+                                  AlignmentSpec(steering=steering)) for i, (q, _, _) in enumerate(test)]
+        return sum(detector.detect(r.text) == "fr" for r in engine.generate(reqs)) / n
+
+    off, on = french_share(0.0), french_share(STEER_STRENGTH)
+    print(f"French answers: steering off {off:.2f} -> strength {STEER_STRENGTH} {on:.2f}")
+    assert on > off

@@ -101,16 +101,18 @@ class SteeringHooks:
 
     def __enter__(self) -> SteeringHooks:
         layers = decoder_layers(self.model)
-        for idx, plan in self.residual.items():
-            def post(_m, _args, output, plan=plan):  # type: ignore[no-untyped-def]
+        # the hooks look their plan up at call time: ``select_rows`` replaces plans mid-generation
+        for idx in self.residual:
+            def post(_m, _args, output, idx=idx):  # type: ignore[no-untyped-def]
+                plan = self.residual[idx]
                 if isinstance(output, tuple):
                     return (self._apply(output[0], plan),) + tuple(output[1:])
                 return self._apply(output, plan)
 
             self._handles.append(layers[idx].register_forward_hook(post))
-        for idx, plan in self.heads.items():
-            def pre(_m, args, plan=plan):  # type: ignore[no-untyped-def]
-                return (self._apply(args[0], plan),) + tuple(args[1:])
+        for idx in self.heads:
+            def pre(_m, args, idx=idx):  # type: ignore[no-untyped-def]
+                return (self._apply(args[0], self.heads[idx]),) + tuple(args[1:])
 
             self._handles.append(layers[idx].self_attn.o_proj.register_forward_pre_hook(pre))
         return self

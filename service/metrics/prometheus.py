@@ -56,6 +56,8 @@ class Metrics:
                                 ["finish_reason"], registry=r)
         self.jobs = Counter("alignserve_compile_jobs", "Finished profile-compilation jobs by outcome", ["status"],
                             registry=r)
+        for status in ("succeeded", "failed", "cancelled"):
+            self.jobs.labels(status)  # exported at 0 from the start
 
     def watch_worker(self, depth: Callable[[], int], live: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
