@@ -92,11 +92,12 @@ def main() -> None:
     cmd = ("python bench/arm_steering.py " + " ".join(sys.argv[1:])).strip()
     tag = "h100" if "H100" in device else engine.device.type
     result = {"device": device, "command": cmd, "rubric": rubric, "train_examples": len(train),
-              "heads": compiled.heads, "compile": compiled.info, "scoring": scoring, "generation": generation}
+              "heads": compiled.heads, "steer_heads": compiled.steering_heads, "compile": compiled.info, "scoring": scoring, "generation": generation}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"arm_steering_{tag}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     lines = [f"# Activation-RM profile 'answers in French': scoring and steering ({device})", "",
-             f"Command: `{cmd}` · {len(train)} labelled examples · {len(compiled.heads)} heads · "
+             f"Command: `{cmd}` · {len(train)} labelled examples · {len(compiled.heads)} scoring heads, "
+             f"{len(compiled.steering_heads)} steering heads · "
              f"compiled in {compile_s:.0f}s", "",
              "| scorer | French > English (6 held-out pairs) | mean P(Yes) French | mean P(Yes) English |",
              "|---|---|---|---|"]

@@ -104,11 +104,12 @@ def test_compile_roundtrip_and_no_heads_scores_like_the_judge(tiny_engine: Trans
                                      CompileSettings(num_heads=3, iterations=6), (e.num_layers, e.num_heads,
                                                                                  e.head_dim, e.max_model_len),
                                      "tiny", lambda *a: progress.append(a))
-    assert 1 <= len(compiled.heads) <= 3
+    assert 1 <= len(compiled.heads) <= 3 and len(compiled.steering_heads) == 3
     assert compiled.means.shape == compiled.directions.shape == (len(compiled.heads), e.head_dim)
     assert [p[0] for p in progress][0] == "means" and progress[-1][1] == progress[-1][2]
     back = CompiledARM.from_bytes(compiled.to_bytes())
     assert back.heads == compiled.heads and back.info == compiled.info
+    assert back.steering_heads == compiled.steering_heads
     assert torch.equal(back.means, compiled.means) and torch.equal(back.sigmas, compiled.sigmas)
     responses = ["It is 4.", "It is 10."]
     judge = GenerativeJudge().score(e, "What is 3 plus one?", responses, "Is it right?")
@@ -169,7 +170,7 @@ def test_compile_job_then_score_and_steer_then_survive_restart(tmp_path: Path, t
         steered = client.post("/generate", json=gen).json()
         off = client.post("/generate", json={**gen, "steer_strength": 0}).json()
         plain = client.post("/generate", json={**gen, "profile": None}).json()
-        assert steered["alignment"]["steered_heads"] == len(prof["compiled"]["heads"])
+        assert steered["alignment"]["steered_heads"] == len(prof["compiled"]["steer_heads"]) == 3
         assert steered["alignment"]["steer_strength"] == 6.0
         assert steered["alignment"]["method"] == "activation_steering"
         assert off["alignment"]["steered_heads"] == 0 and off["text"] == plain["text"]

@@ -6,9 +6,10 @@ with the labelled examples. The set is found as in Multimodal Task Vectors (Huan
 REINFORCE on independent Bernoulli variables, one per head, whose reward is how well the patched
 model predicts the labels; the most probable heads are kept.
 
-For generation, a compiled profile also steers: per selected head, the direction from the mean
-activation on rejected examples to the mean on accepted ones, scaled by the spread of the
-examples along it (the mass-mean shift of Inference-Time Intervention, Li et al., 2023).
+For generation, a compiled profile also steers as Inference-Time Intervention does (Li et al.,
+2023): the heads whose activations best separate accepted from rejected responses are shifted
+along the direction from the rejected mean to the accepted mean, in units of the examples'
+spread along it (the mass-mean shift).
 """
 
 from __future__ import annotations
@@ -89,3 +90,11 @@ def mass_mean_directions(acts: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     unit = torch.where(norm > 1e-12, diff / norm.clamp_min(1e-12), torch.zeros_like(diff))
     proj = torch.einsum("nkd,kd->nk", a, unit)
     return unit.float(), proj.std(0, unbiased=False).float()
+
+
+def separation(acts: torch.Tensor, labels: torch.Tensor, unit: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per head, the gap between the class means along ``unit`` in units of ``sigma`` (``[k]``)."""
+    y = labels.bool()
+    proj = torch.einsum("nkd,kd->nk", acts.to(torch.float64), unit.to(torch.float64))
+    gap = proj[y].mean(0) - proj[~y].mean(0)
+    return (gap / sigma.to(torch.float64).clamp_min(1e-12)).float()

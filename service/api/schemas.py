@@ -107,7 +107,8 @@ class ProfileCreate(ProfileSpec):
 
 
 class CompiledInfo(BaseModel):
-    heads: list[tuple[int, int]] = Field(..., description="selected (layer, head) pairs, most useful first")
+    heads: list[tuple[int, int]] = Field(..., description="(layer, head) pairs patched for scoring, most useful first")
+    steer_heads: list[tuple[int, int]] = Field(..., description="(layer, head) pairs steered during generation")
     model: str
     examples: int
     zero_shot_accuracy: float = Field(..., description="judge accuracy on the examples without patching")

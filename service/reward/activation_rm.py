@@ -10,8 +10,9 @@ being served in between):
 2. ``selection`` — REINFORCE picks the heads whose mean, patched into zero-shot queries at the
    readout position, best predicts the labels (``alignment.head_selection``); of its ranking,
    the prefix (at most ``num_heads`` long) with the best label likelihood is kept.
-3. ``directions`` — per selected head, the mass-mean direction between accepted and rejected
-   responses, read at each response's last token, for steering during generation.
+3. ``directions`` — every head's output at the last token of each example response; the heads
+   that best separate accepted from rejected responses (at most ``num_heads``) get their
+   mass-mean direction and spread, for steering during generation (Inference-Time Intervention).
 
 Scoring uses the same zero-shot prompt as the generative judge, so a profile with no heads
 scores exactly like ``method="judge"``.
@@ -37,6 +38,7 @@ from ..alignment.head_selection import (
     label_log_likelihood,
     mass_mean_directions,
     reinforce_head_selection,
+    separation,
     top_heads,
 )
 from ..alignment.spec import SteeringVector
@@ -96,23 +98,31 @@ class CompiledARM:
     """What a compiled profile stores: selected heads, their few-shot means (the scoring patch) and
     their steering directions with the examples' spread along them."""
 
-    heads: list[tuple[int, int]]  # (layer, head), most useful first
+    heads: list[tuple[int, int]]  # (layer, head) patched for scoring, most useful first
     means: torch.Tensor  # [k, head_dim]
-    directions: torch.Tensor  # [k, head_dim] unit vectors
-    sigmas: torch.Tensor  # [k]
+    directions: torch.Tensor  # [s, head_dim] unit vectors, one per steering head
+    sigmas: torch.Tensor  # [s]
     info: dict[str, Any] = field(default_factory=dict)
+    steer_heads: list[tuple[int, int]] | None = None  # (layer, head) steered in generation; None = heads
 
     def to_bytes(self) -> bytes:
         heads = torch.tensor(self.heads, dtype=torch.int64).reshape(-1, 2)
-        return st_save({"heads": heads, "means": self.means.contiguous(), "directions": self.directions.contiguous(),
-                        "sigmas": self.sigmas.contiguous()}, metadata={"info": json.dumps(self.info)})
+        steer = torch.tensor(self.steering_heads, dtype=torch.int64).reshape(-1, 2)
+        return st_save({"heads": heads, "steer_heads": steer, "means": self.means.contiguous(),
+                        "directions": self.directions.contiguous(), "sigmas": self.sigmas.contiguous()},
+                       metadata={"info": json.dumps(self.info)})
+
+    @property
+    def steering_heads(self) -> list[tuple[int, int]]:
+        return self.heads if self.steer_heads is None else self.steer_heads
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> CompiledARM:
         t = st_load(blob)
         info = json.loads(_header_metadata(blob).get("info", "{}"))
         heads = [(int(a), int(b)) for a, b in t["heads"].tolist()]
-        return cls(heads, t["means"], t["directions"], t["sigmas"], info)
+        steer = [(int(a), int(b)) for a, b in t["steer_heads"].tolist()] if "steer_heads" in t else None
+        return cls(heads, t["means"], t["directions"], t["sigmas"], info, steer)
 
     def check_engine(self, engine: Engine) -> None:
         want = (self.info.get("num_layers"), self.info.get("num_heads"), self.info.get("head_dim"))
@@ -133,7 +143,7 @@ class CompiledARM:
             return []
         return [SteeringVector(layer=layer, head=h, vector=self.directions[i] * self.sigmas[i], scale=strength,
                                position="generated")
-                for i, (layer, h) in enumerate(self.heads) if float(self.sigmas[i]) > 0]
+                for i, (layer, h) in enumerate(self.steering_heads) if float(self.sigmas[i]) > 0]
 
 
 def head_patches(means: torch.Tensor, mask: torch.Tensor) -> list[SteeringVector]:
@@ -283,16 +293,19 @@ def compile_activation_rm(
     tick("selection")
     head_list = [(i // heads, i % heads) for i in chosen]
 
-    # 3. steering directions at the end of each response
-    idx = torch.tensor([layer * heads + h for layer, h in head_list], dtype=torch.long)
-    sel_acts = []
+    # 3. steering heads and directions at the end of each response
+    all_acts = []
     for b in dir_batches:
         convs = [[{"role": "user", "content": examples[i].prompt}] for i in b]
         completions = [examples[i].response for i in b]
         acts = run(partial(_capture, convs=convs, completions=completions))
-        sel_acts.append(acts.reshape(len(b), layers * heads, head_dim)[:, idx])
+        all_acts.append(acts.reshape(len(b), layers * heads, head_dim))
         tick("directions")
-    directions, sigmas = mass_mean_directions(torch.cat(sel_acts), labels)
+    acts = torch.cat(all_acts)
+    units, spreads = mass_mean_directions(acts, labels)
+    steer_idx = top_heads(separation(acts, labels, units, spreads), settings.num_heads)
+    steer_list = [(i // heads, i % heads) for i in steer_idx]
+    idx = torch.tensor([layer * heads + h for layer, h in head_list], dtype=torch.long)
 
     def accuracy(p: torch.Tensor) -> float:
         return float(((p > 0.5) == pool_labels).float().mean())
@@ -305,7 +318,8 @@ def compile_activation_rm(
         "patched_log_likelihood": float(label_log_likelihood(patched.unsqueeze(0), pool_labels)[0]),
         "compile_s": round(time.perf_counter() - started, 2), "compiled_at": time.time(),
     }
-    return CompiledARM(head_list, means[idx // heads, idx % heads].clone(), directions, sigmas, info)
+    return CompiledARM(head_list, means[idx // heads, idx % heads].clone(), units[steer_idx].clone(),
+                       spreads[steer_idx].clone(), info, steer_list)
 
 
 class ActivationRMScorer:
