@@ -93,7 +93,8 @@ def main() -> None:
     tag = "h100" if "H100" in device else engine.device.type
     result = {"device": device, "command": cmd, "rubric": rubric, "train_examples": len(train),
               "heads": compiled.heads,
-              "steer_heads": compiled.steering_heads, "compile": compiled.info, "scoring": scoring, "generation": generation}
+              "steer_heads": compiled.steering_heads, "compile": compiled.info, "scoring": scoring,
+              "generation": generation}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"arm_steering_{tag}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     lines = [f"# Activation-RM profile 'answers in French': scoring and steering ({device})", "",
