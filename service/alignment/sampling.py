@@ -22,6 +22,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False  # benchmarks: decode exactly max_tokens
 
     @property
     def greedy(self) -> bool:

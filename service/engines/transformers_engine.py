@@ -226,7 +226,7 @@ class TransformersEngine:
     def _advance_text(self, lv: _Live, token: int) -> None:
         sp = lv.req.sampling
         lv.text = str(self.tokenizer.decode(lv.tokens, skip_special_tokens=True))
-        if token in self.eos_ids:
+        if token in self.eos_ids and not sp.ignore_eos:
             lv.finish = "stop"
         hit = min((i for i in (lv.text.find(s) for s in sp.stop) if i >= 0), default=-1)
         if hit >= 0:

@@ -1,0 +1,361 @@
+"""vLLM engine on the GPU: equivalence with the transformers reference, a preemption stress run,
+and the throughput table (plain vLLM, +LA, +steering, +both, transformers reference).
+
+Usage (GPU host, after bench/gpu/setup_host.sh --no-serve):
+  python bench/vllm_gpu.py --model /tmp/ahome/models/qwen2.5-coder-0.5b-instruct/hf \
+      --phases equivalence,stress --out bench/results
+  python bench/vllm_gpu.py --model ... --phases throughput --out bench/results
+Writes vllm_<phase>_<device>.json and .md per phase and prints each table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.alignment.linear_alignment import LinearAlignmentConfig
+from service.alignment.sampling import SamplingParams
+from service.alignment.spec import AlignmentSpec, SteeringVector
+from service.engines.base import GenerationRequest, GenerationResult
+from service.engines.transformers_engine import TransformersEngine
+from service.engines.vllm_engine import VLLMEngine, VLLMSettings
+
+DATA = Path(__file__).parent / "data"
+PRINCIPLE = "Answer like a pirate: colourful, short, and always mention the sea."
+WRITING = [
+    "Write a short story about a dragon who learns to cook.", "Explain how a hash map works.",
+    "Describe the water cycle for a ten-year-old.", "What are the pros and cons of remote work?",
+    "Give me three tips for writing clean Python code.", "Why is the sky blue?",
+    "Summarise the plot of Romeo and Juliet in three sentences.", "How do vaccines work?",
+]
+CUDAGRAPH_SIZES = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+
+
+def prompts(n: int) -> list[str]:
+    facts = [f[0] for f in json.loads((DATA / "facts.json").read_text())["facts"]]
+    multi = [p["prompt"] for p in json.loads((DATA / "multilingual_prompts.json").read_text())]
+    pool = WRITING + multi + facts
+    return pool[:n]
+
+
+def steering_vectors(hidden: int, head_dim: int) -> tuple[SteeringVector, ...]:
+    g = torch.Generator().manual_seed(7)
+    return (
+        SteeringVector(layer=12, vector=torch.randn(hidden, generator=g) * 0.6),
+        SteeringVector(layer=8, head=5, vector=torch.randn(head_dim, generator=g) * 2.0),
+    )
+
+
+def request(i: int, text: str, max_tokens: int, la: LinearAlignmentConfig | None = None,
+            steer: tuple[SteeringVector, ...] = (), ignore_eos: bool = False,
+            on_token: Any = None) -> GenerationRequest:
+    return GenerationRequest(f"r{i}", [{"role": "user", "content": text}],
+                             SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos),
+                             AlignmentSpec(la=la, steering=steer), on_token=on_token)
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def free_gpu() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def write(out: Path, name: str, payload: dict[str, Any], md: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (out / f"{name}.md").write_text(md)
+    print(md, flush=True)
+
+
+# ---- equivalence ------------------------------------------------------------------------------
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def margin_at(ref: TransformersEngine, req: GenerationRequest, prefix: list[int], tok_ref: int,
+              tok_other: int) -> float:
+    """Reference logit gap between the two tokens at the divergence (principle/plain streams for
+    LA are combined the same way the engine does)."""
+    from service.alignment.linear_alignment import linear_alignment_step
+    from service.engines.chat import with_principle, with_system
+    from service.engines.hf_hooks import SteeringHooks
+
+    def last_logits(messages: list[dict[str, str]]) -> torch.Tensor:
+        ids = ref.encode_chat(messages) + prefix
+        x = torch.tensor([ids], device=ref.device)
+        hooks = SteeringHooks(ref.model, [req.alignment.steering], ref.head_dim, ref.dtype, ref.device)
+        with torch.inference_mode(), hooks:
+            if prefix:  # the prompt's last token is steered in the prefill, generated tokens after
+                hooks.phase = "prefill"
+                out = ref.model(input_ids=x[:, : len(ids) - len(prefix)], use_cache=True)
+                hooks.phase = "decode"
+                out = ref.model(input_ids=x[:, len(ids) - len(prefix):], past_key_values=out.past_key_values)
+            else:
+                out = ref.model(input_ids=x)
+        return out.logits[0, -1].float()
+
+    plain = last_logits(with_system(req.messages, ref.default_system))
+    la = req.alignment.la
+    if la is None:
+        row = plain
+    else:
+        princ = last_logits(with_principle(req.messages, la.principle, ref.default_system, la.placement))
+        row = linear_alignment_step(princ[None], plain[None], [la]).logits[0]
+    return float(row[tok_ref] - row[tok_other])
+
+
+def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int) -> dict[str, Any]:
+    texts = prompts(n_prompts)
+    ref = TransformersEngine(model, device="cuda", dtype="bfloat16", max_model_len=4096)
+    steer = steering_vectors(ref.model.config.hidden_size, ref.head_dim)
+    la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
+    variants = {"base": (None, ()), "la_r3": (la, ()), "steering": (None, steer), "la_r3+steering": (la, steer)}
+    ref_out: dict[str, list[GenerationResult]] = {}
+    t0 = time.perf_counter()
+    for name, (v_la, v_steer) in variants.items():  # batch of one: no padding in the reference
+        ref_out[name] = [ref.generate([request(i, t, max_tokens, v_la, v_steer)])[0] for i, t in enumerate(texts)]
+    print(f"reference done in {time.perf_counter() - t0:.0f}s", flush=True)
+    eng = VLLMEngine(model, VLLMSettings(max_model_len=4096, gpu_memory_utilization=0.5,
+                                          cudagraph_sizes=CUDAGRAPH_SIZES, strict_pairs=True))
+    rows = []
+    for name, (v_la, v_steer) in variants.items():
+        got = eng.generate([request(i, t, max_tokens, v_la, v_steer) for i, t in enumerate(texts)])
+        exact, matched, total, divs = 0, 0, 0, []
+        for i, (r, g) in enumerate(zip(ref_out[name], got)):
+            d = first_divergence(r.token_ids, g.token_ids)
+            n = max(len(r.token_ids), len(g.token_ids))
+            total += n
+            if d is None:
+                exact += 1
+                matched += n
+                continue
+            matched += d
+            gap = None
+            if d < min(len(r.token_ids), len(g.token_ids)):
+                gap = margin_at(ref, request(i, texts[i], max_tokens, v_la, v_steer), r.token_ids[:d],
+                                r.token_ids[d], g.token_ids[d])
+            divs.append({"prompt": i, "position": d, "ref_logit_gap": gap})
+        changed = sum(a.token_ids != b.token_ids for a, b in zip(ref_out[name], ref_out["base"]))
+        rows.append({"variant": name, "prompts": len(texts), "identical": exact,
+                     "token_match_rate": matched / max(total, 1), "divergences": divs,
+                     "outputs_changed_vs_base_in_reference": changed})
+    eng.close()
+    del ref
+    free_gpu()
+    md = [f"# vLLM vs transformers reference — greedy, bf16, {len(texts)} prompts, {max_tokens} tokens\n",
+          f"Device: {device_name()}. Token match = matched tokens before the first divergence / tokens. "
+          "Gap = the reference's logit difference between its token and vLLM's at the first divergence "
+          "(small = a bf16 near-tie).\n",
+          "| variant | identical | token match | first divergences (position: gap) | changed vs base (ref) |",
+          "|---|---|---|---|---|"]
+    for r in rows:
+        dv = ", ".join(f"{d['position']}: {d['ref_logit_gap']:.3f}" if d["ref_logit_gap"] is not None
+                       else f"{d['position']}: length" for d in r["divergences"]) or "—"
+        md.append(f"| {r['variant']} | {r['identical']}/{r['prompts']} | {r['token_match_rate']:.3f} | {dv} | "
+                  f"{r['outputs_changed_vs_base_in_reference']} |")
+    payload = {"device": device_name(), "max_tokens": max_tokens, "rows": rows, "command": " ".join(sys.argv)}
+    write(out, f"vllm_equivalence_{slug()}", payload, "\n".join(md) + "\n")
+    return payload
+
+
+# ---- stress -----------------------------------------------------------------------------------
+def stress(model: str, out: Path, n: int, blocks: int) -> dict[str, Any]:
+    rng = random.Random(0)
+    texts = prompts(60)
+    eng = VLLMEngine(model, VLLMSettings(max_model_len=2048, gpu_memory_utilization=0.5, num_gpu_blocks=blocks,
+                                          max_num_batched_tokens=512, cudagraph_sizes=CUDAGRAPH_SIZES,
+                                          strict_pairs=True))
+    reqs = []
+    for i in range(n):
+        body = " ".join(rng.sample(texts, rng.randrange(1, 6)))
+        la = LinearAlignmentConfig(PRINCIPLE, strength=rng.choice([1.0, 3.0]), adaptive=rng.random() < 0.3)
+        reqs.append(request(i, body, rng.randrange(16, 400), la, ignore_eos=rng.random() < 0.5))
+    t0 = time.perf_counter()
+    results = eng.call(asyncio.wait_for(_gather(eng, reqs), timeout=540))
+    wall = time.perf_counter() - t0
+    failures = [r for r in results if isinstance(r, BaseException)]
+    done = [r for r in results if isinstance(r, GenerationResult)]
+    preempt = _prom_total("vllm:num_preemptions")
+    eng.close()
+    free_gpu()
+    payload = {"device": device_name(), "requests": n, "kv_blocks": blocks, "block_tokens": 16,
+               "completed": len(done), "failed": len(failures), "errors": [repr(e) for e in failures[:5]],
+               "tokens": sum(r.completion_tokens for r in done), "wall_s": wall, "preemptions": preempt,
+               "command": " ".join(sys.argv)}
+    md = (f"# LA stress run — {n} Linear-Alignment requests at once, KV cache of {blocks} blocks x 16 tokens\n\n"
+          f"Device: {device_name()}. Strict pair checking on (the scheduler raises if a pair ever differs "
+          f"in output length or last token); every result also compared against its partner stream.\n\n"
+          f"| completed | failed | generated tokens | wall s | preemptions |\n|---|---|---|---|---|\n"
+          f"| {len(done)} | {len(failures)} | {payload['tokens']} | {wall:.1f} | {preempt} |\n")
+    write(out, f"vllm_stress_{slug()}", payload, md)
+    return payload
+
+
+async def _gather(eng: VLLMEngine, reqs: list[GenerationRequest]) -> list[Any]:
+    return list(await asyncio.gather(*(eng.agenerate(r) for r in reqs), return_exceptions=True))
+
+
+def _prom_total(name: str) -> float | None:
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError:
+        return None
+    total, seen = 0.0, False
+    for metric in REGISTRY.collect():
+        for s in metric.samples:
+            if s.name.startswith(name) and s.name.endswith("_total"):
+                total += s.value
+                seen = True
+    return total if seen else None
+
+
+# ---- throughput -------------------------------------------------------------------------------
+def _stats(token_times: list[list[float]], submits: list[float], wall: float) -> dict[str, float]:
+    ttft = [t[0] - s for t, s in zip(token_times, submits) if t]
+    itl = [b - a for t in token_times for a, b in zip(t, t[1:])]
+    tokens = sum(len(t) for t in token_times)
+
+    def pct(xs: list[float], q: float) -> float:
+        return statistics.quantiles(xs, n=100)[int(q) - 1] if len(xs) >= 2 else (xs[0] if xs else float("nan"))
+
+    return {"tokens": tokens, "wall_s": wall, "tok_s": tokens / wall, "ttft_p50_ms": pct(ttft, 50) * 1e3,
+            "ttft_p99_ms": pct(ttft, 99) * 1e3, "itl_p50_ms": pct(itl, 50) * 1e3, "itl_p99_ms": pct(itl, 99) * 1e3}
+
+
+async def _vllm_level(eng: VLLMEngine, make: Any, conc: int, n: int) -> dict[str, float]:
+    sem = asyncio.Semaphore(conc)
+    times: list[list[float]] = [[] for _ in range(n)]
+    submits = [0.0] * n
+
+    async def one(i: int) -> None:
+        async with sem:
+            submits[i] = time.perf_counter()
+            await eng.agenerate(make(i, lambda ev, i=i: times[i].append(time.perf_counter())))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return _stats(times, submits, time.perf_counter() - t0)
+
+
+def _ref_level(ref: TransformersEngine, make: Any, conc: int, n: int) -> dict[str, float]:
+    times: list[list[float]] = [[] for _ in range(n)]
+    submits = [0.0] * n
+    t0 = time.perf_counter()
+    for start in range(0, n, conc):
+        batch = []
+        for i in range(start, min(n, start + conc)):
+            submits[i] = time.perf_counter()
+            batch.append(make(i, lambda ev, i=i: times[i].append(time.perf_counter())))
+        ref.generate(batch)
+    return _stats(times, submits, time.perf_counter() - t0)
+
+
+def throughput(model: str, out: Path, levels: list[int], max_tokens: int) -> dict[str, Any]:
+    texts = prompts(40)
+    la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
+    rows: list[dict[str, Any]] = []
+
+    def maker(v_la: Any, v_steer: Any) -> Any:
+        def make(i: int, cb: Any) -> GenerationRequest:
+            return request(i, texts[i % len(texts)], max_tokens, v_la, v_steer, ignore_eos=True,
+                           on_token=lambda ev: cb(ev))
+        return make
+
+    def n_for(c: int) -> int:
+        return max(4, 2 * c)
+
+    def record(system: str, c: int, s: dict[str, float]) -> None:
+        rows.append({"system": system, "concurrency": c, **s})
+        print(f"{system:24s} c={c:3d} {s['tok_s']:9.1f} tok/s ttft p50 {s['ttft_p50_ms']:7.1f} ms "
+              f"itl p50 {s['itl_p50_ms']:6.2f} ms", flush=True)
+
+    stock = VLLMEngine(model, VLLMSettings(glue=False, gpu_memory_utilization=0.5, cudagraph_sizes=CUDAGRAPH_SIZES))
+    for c in levels:
+        stock.call(_vllm_level(stock, maker(None, ()), c, min(8, n_for(c))))  # warm-up
+        record("vllm (stock, async sched)", c, stock.call(_vllm_level(stock, maker(None, ()), c, n_for(c))))
+    stock.close()
+    free_gpu()
+    eng = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.5, cudagraph_sizes=CUDAGRAPH_SIZES))
+    steer = steering_vectors(896 if eng.num_heads * eng.head_dim == 896 else eng.num_heads * eng.head_dim, eng.head_dim)
+    for system, v_la, v_steer in (("vllm+glue plain", None, ()), ("vllm+LA", la, ()),
+                                  ("vllm+steering", None, steer), ("vllm+LA+steering", la, steer)):
+        for c in levels:
+            eng.call(_vllm_level(eng, maker(v_la, v_steer), c, min(8, n_for(c))))
+            record(system, c, eng.call(_vllm_level(eng, maker(v_la, v_steer), c, n_for(c))))
+    eng.close()
+    free_gpu()
+    ref = TransformersEngine(model, device="cuda", dtype="bfloat16", max_model_len=4096)
+    for system, v_la in (("transformers", None), ("transformers+LA", la)):
+        for c in levels:
+            _ref_level(ref, maker(v_la, ()), c, min(2, n_for(c)))
+            record(system, c, _ref_level(ref, maker(v_la, ()), c, n_for(c)))
+    by = {(r["system"], r["concurrency"]): r["tok_s"] for r in rows}
+    top = max(levels)
+    ratios = {
+        "LA / stock vLLM": by[("vllm+LA", top)] / by[("vllm (stock, async sched)", top)],
+        "steering / stock vLLM": by[("vllm+steering", top)] / by[("vllm (stock, async sched)", top)],
+        "steering / glue plain": by[("vllm+steering", top)] / by[("vllm+glue plain", top)],
+        "LA / glue plain": by[("vllm+LA", top)] / by[("vllm+glue plain", top)],
+        "vLLM LA / transformers LA": by[("vllm+LA", top)] / by[("transformers+LA", top)],
+        "vLLM steering / transformers": by[("vllm+steering", top)] / by[("transformers", top)],
+    }
+    md = [f"# Throughput — {device_name()}, Qwen2.5-Coder-0.5B-Instruct bf16, {max_tokens} output tokens "
+          "per request (EOS ignored), 2x concurrency requests per level\n",
+          "| system | concurrency | tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['system']} | {r['concurrency']} | {r['tok_s']:.0f} | {r['ttft_p50_ms']:.1f} | "
+                  f"{r['ttft_p99_ms']:.1f} | {r['itl_p50_ms']:.2f} | {r['itl_p99_ms']:.2f} |")
+    md.append(f"\nRatios at concurrency {top} (same run):\n")
+    md += [f"- {k}: **{v:.2f}x**" for k, v in ratios.items()]
+    payload = {"device": device_name(), "max_tokens": max_tokens, "rows": rows, "ratios": ratios,
+               "command": " ".join(sys.argv)}
+    write(out, f"vllm_throughput_{slug()}", payload, "\n".join(md) + "\n")
+    return payload
+
+
+def slug() -> str:
+    name = device_name().lower()
+    return "h100" if "h100" in name else "h200" if "h200" in name else name.replace(" ", "_")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="HF model folder (Qwen2 family for steering)")
+    ap.add_argument("--phases", default="equivalence,stress,throughput")
+    ap.add_argument("--out", default="bench/results", type=Path)
+    ap.add_argument("--prompts", type=int, default=24)
+    ap.add_argument("--max-tokens", type=int, default=64, help="equivalence run")
+    ap.add_argument("--stress-requests", type=int, default=200)
+    ap.add_argument("--stress-blocks", type=int, default=256, help="KV blocks of 16 tokens in the stress run")
+    ap.add_argument("--levels", default="1,8,64")
+    ap.add_argument("--tp-tokens", type=int, default=128, help="output tokens per request, throughput run")
+    a = ap.parse_args()
+    phases = a.phases.split(",")
+    if "equivalence" in phases:
+        equivalence(a.model, a.out, a.prompts, a.max_tokens)
+    if "stress" in phases:
+        stress(a.model, a.out, a.stress_requests, a.stress_blocks)
+    if "throughput" in phases:
+        throughput(a.model, a.out, [int(x) for x in a.levels.split(",")], a.tp_tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""The vLLM engine: continuous batching with paired Linear-Alignment streams and in-graph steering.
+
+How the pieces fit (details in ``vllm_glue/DESIGN.md``): an LA request becomes two vLLM requests
+tagged as a pair in ``SamplingParams.extra_args``; ``PairedLinearAlignment`` (a batch-level
+logits processor) draws one token from the aligned distribution and forces it on both rows;
+``PairedScheduler`` commits a pair's token only when both rows sampled in the same step. Steering
+vectors travel in ``extra_args`` too and are applied inside the model's forward by the steerable
+Qwen2 architecture, so CUDA graphs stay on. vLLM runs its engine core in a subprocess; this
+class drives ``AsyncLLM`` from a private event-loop thread so the synchronous ``Engine`` API (used
+by the worker thread) and the async benchmark share one code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import AutoConfig, AutoTokenizer
+
+from ..alignment.spec import SteeringVector
+from .base import GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
+from .chat import with_principle, with_system
+from .vllm_glue.pairing import EXTRA_KEY
+from .vllm_glue.steer_tables import vectors_to_args
+
+log = logging.getLogger(__name__)
+
+GLUE = "service.engines.vllm_glue"
+STEERABLE_ARCHS = {"Qwen2ForCausalLM"}
+
+
+@dataclass
+class VLLMSettings:
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = 0.85
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    num_gpu_blocks: int | None = None  # override (small values force preemption in tests)
+    enforce_eager: bool = False
+    steer_slots: int = 3 * 64 + 1
+    strict_pairs: bool = False  # raise inside the engine if a pair ever leaves lock-step
+    glue: bool = True  # False: stock vLLM (no pairing, no steering) — the benchmark baseline
+    cudagraph_sizes: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def engine_args(model_path: str, s: VLLMSettings) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # custom logits processors need V1
+    kw: dict[str, Any] = dict(model=model_path, tokenizer=model_path, dtype="bfloat16",
+                              max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
+                              max_num_seqs=s.max_num_seqs, enable_prefix_caching=True,
+                              enforce_eager=s.enforce_eager, disable_log_stats=False)
+    if s.max_num_batched_tokens:
+        kw["max_num_batched_tokens"] = s.max_num_batched_tokens
+    if s.num_gpu_blocks:
+        kw["num_gpu_blocks_override"] = s.num_gpu_blocks
+    if s.cudagraph_sizes:
+        kw["compilation_config"] = {"cudagraph_capture_sizes": s.cudagraph_sizes}
+    if s.glue:
+        arch = (AutoConfig.from_pretrained(model_path).architectures or [""])[0]
+        if arch in STEERABLE_ARCHS:
+            kw["hf_overrides"] = {"architectures": ["AlignserveQwen2ForCausalLM"]}
+        kw.update(logits_processors=[f"{GLUE}.logits:PairedLinearAlignment"],
+                  scheduler_cls=f"{GLUE}.scheduler:PairedScheduler", async_scheduling=False,
+                  worker_extension_cls=f"{GLUE}.worker:SteeringWorkerExtension",
+                  additional_config={"alignserve_steer_slots": s.steer_slots,
+                                     "alignserve_strict_pairs": s.strict_pairs})
+    kw.update(s.extra)
+    return AsyncEngineArgs(**kw)
+
+
+class VLLMEngine:
+    backend = "vllm"
+
+    def __init__(self, model_path: str, settings: VLLMSettings | None = None,
+                 default_system: str | None = None) -> None:
+        self.settings = settings or VLLMSettings()
+        self.model_name = model_path
+        self.default_system = default_system
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        cfg = AutoConfig.from_pretrained(model_path)
+        self.num_layers = int(cfg.num_hidden_layers)
+        self.num_heads = int(cfg.num_attention_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.max_model_len = self.settings.max_model_len
+        self.yes_id = int(self.tokenizer.encode("Yes", add_special_tokens=False)[0])
+        self.no_id = int(self.tokenizer.encode("No", add_special_tokens=False)[0])
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
+        self._thread.start()
+        self.llm: Any = self.call(self._start(model_path))
+        self.steerable = bool(self.call(self.llm.collective_rpc("alignserve_install_steering"))[0]) \
+            if self.settings.glue else False
+
+    async def _start(self, model_path: str) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(engine_args(model_path, self.settings))
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    # ---- prompts -------------------------------------------------------------------------
+    def encode_chat(self, messages: list[Message]) -> list[int]:
+        out: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if hasattr(out, "keys") else out
+        return [int(i) for i in ids]
+
+    def prompt_size(self, messages: list[Message], principle: str | None, placement: str = "system") -> PromptSize:
+        plain = len(self.encode_chat(with_system(messages, self.default_system)))
+        with_p = (len(self.encode_chat(with_principle(messages, principle, self.default_system, placement)))
+                  if principle else None)
+        return PromptSize(plain, with_p)
+
+    # ---- generation ----------------------------------------------------------------------
+    def _params(self, req: GenerationRequest, max_tokens: int, tag: dict[str, Any] | None) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sp = req.sampling
+        extra: dict[str, Any] = {}
+        if tag is not None or req.alignment.steering:
+            extra[EXTRA_KEY] = dict(tag or {})
+            if req.alignment.steering:
+                if not self.steerable:
+                    raise ValueError(f"steering needs a steerable architecture ({', '.join(STEERABLE_ARCHS)})")
+                extra[EXTRA_KEY]["steer"] = vectors_to_args(req.alignment.steering)
+        paired = tag is not None
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=0.0 if paired or sp.greedy else sp.temperature,
+            top_p=1.0 if paired else sp.top_p, top_k=0 if paired or sp.top_k <= 0 else sp.top_k,
+            seed=None if paired else sp.seed, stop=list(sp.stop) or None, ignore_eos=sp.ignore_eos,
+            output_kind=RequestOutputKind.CUMULATIVE, extra_args=extra or None)
+
+    async def agenerate(self, req: GenerationRequest) -> GenerationResult:
+        """One request (two vLLM sequences for LA) from submission to its last token."""
+        from vllm.inputs import TokensPrompt
+
+        started = time.perf_counter()
+        plain = self.encode_chat(with_system(req.messages, self.default_system))
+        la = req.alignment.la
+        principle = (self.encode_chat(with_principle(req.messages, la.principle, self.default_system, la.placement))
+                     if la else None)
+        longest = max(len(plain), len(principle or []))
+        max_tokens = min(req.sampling.max_tokens, self.max_model_len - longest)
+        if max_tokens < 1:
+            raise ValueError(f"prompt of {longest} tokens leaves no room under max_model_len {self.max_model_len}")
+        rid = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
+        streams: list[tuple[str, list[int], Any]] = []
+        if la is None:
+            streams.append((rid, plain, self._params(req, max_tokens, None)))
+        else:
+            s = req.sampling
+            la_args = {"principle": la.principle, "strength": la.strength, "adaptive": la.adaptive,
+                       "kl_budget": la.kl_budget, "max_strength": la.max_strength,
+                       "plausibility_top_p": la.plausibility_top_p,
+                       "plausibility_temperature": la.plausibility_temperature, "placement": la.placement}
+            sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
+            base = {"pair": rid, "sampling": sampling}
+            streams.append((f"{rid}-p", principle or [], self._params(req, max_tokens, {**base, "role": "principle", "la": la_args})))
+            streams.append((f"{rid}-b", plain, self._params(req, max_tokens, {**base, "role": "plain"})))
+        lead_id = streams[0][0]
+        state: dict[str, Any] = {"tokens": [], "text": "", "finish": None, "first": 0.0, "mate_tokens": None}
+
+        async def consume(sid: str, prompt: list[int], params: Any, lead: bool) -> None:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, sid):
+                o = out.outputs[0]
+                if not lead:
+                    state["mate_tokens"] = list(o.token_ids)
+                    continue
+                new = list(o.token_ids)[len(state["tokens"]):]
+                if new and not state["tokens"]:
+                    state["first"] = time.perf_counter() - started
+                delta = o.text[len(state["text"]):]
+                state["tokens"].extend(new)
+                state["text"] = o.text
+                if req.on_token is not None:
+                    for j, tok in enumerate(new):
+                        req.on_token(TokenEvent(req.request_id, tok, delta if j == len(new) - 1 else "",
+                                                len(state["tokens"]) - len(new) + j))
+                if o.finish_reason is not None:
+                    state["finish"] = "stop" if o.finish_reason == "stop" else "length"
+                if req.cancelled.is_set():
+                    state["finish"] = "cancelled"
+                    return
+
+        tasks = [asyncio.ensure_future(consume(sid, p, sp, i == 0)) for i, (sid, p, sp) in enumerate(streams)]
+        try:
+            await asyncio.wait([tasks[0]], return_when=asyncio.FIRST_COMPLETED)
+            tasks[0].result()
+        finally:
+            for t in tasks[1:]:
+                if not t.done():
+                    await asyncio.sleep(0)  # let the mate see its final output of the same step
+                    t.cancel()
+            await self.llm.abort([sid for sid, _, _ in streams])
+        mate = state["mate_tokens"]
+        if la is not None and mate is not None and state["finish"] != "cancelled":
+            n = min(len(mate), len(state["tokens"]))
+            if mate[:n] != state["tokens"][:n]:
+                raise RuntimeError(f"LA pair {rid} diverged")  # the scheduler guarantees this never happens
+        strengths = [la.strength] * len(state["tokens"]) if la is not None and not la.adaptive else []
+        return GenerationResult(
+            request_id=req.request_id, text=state["text"], token_ids=list(state["tokens"]),
+            finish_reason=state["finish"] or "length", prompt_tokens=len(plain),
+            principle_prompt_tokens=len(principle) if principle is not None else None,
+            completion_tokens=len(state["tokens"]), strengths=strengths,
+            first_token_s=state["first"], total_s=time.perf_counter() - started)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        async def all_of() -> list[GenerationResult]:
+            return list(await asyncio.gather(*(self.agenerate(r) for r in requests)))
+
+        return self.call(all_of())
+
+    # ---- scoring -------------------------------------------------------------------------
+    async def ayes_probability(self, conversations: Sequence[list[Message]],
+                               steering: Sequence[SteeringVector] = ()) -> list[float]:
+        import math
+
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        extra = {EXTRA_KEY: {"steer": vectors_to_args(steering)}} if steering else None
+
+        async def one(i: int, convo: list[Message]) -> float:
+            sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[self.yes_id, self.no_id],
+                                extra_args=extra)
+            final = None
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=self.encode_chat(convo)), sp,
+                                               f"yes-{uuid.uuid4().hex[:8]}-{i}"):
+                final = out
+            assert final is not None and final.outputs[0].logprobs
+            lp = final.outputs[0].logprobs[0]
+            y, n = math.exp(lp[self.yes_id].logprob), math.exp(lp[self.no_id].logprob)
+            return y / (y + n)
+
+        return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(conversations))))
+
+    def yes_probability(self, conversations: Sequence[list[Message]],
+                        steering: Sequence[SteeringVector] = ()) -> list[float]:
+        return self.call(self.ayes_probability(conversations, steering))
+
+    def capture_head_activations(self, conversations: Sequence[list[Message]],
+                                 completions: Sequence[str] | None = None) -> Any:
+        raise NotImplementedError("compiling Activation-RM profiles needs the transformers engine")
+
+    def open_readout(self, conversations: Sequence[list[Message]]) -> Any:
+        raise NotImplementedError("compiling Activation-RM profiles needs the transformers engine")
+
+    def close(self) -> None:
+        try:
+            self.llm.shutdown()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)

@@ -1,0 +1,155 @@
+"""Steering inside the compiled model: slot tables and per-token slot indices (pure; no vLLM).
+
+CUDA graphs replay fixed kernels on fixed buffers, so steering cannot be a Python hook. Instead
+every decoder layer reads, for each token of the flattened batch, a *slot* index from a
+persistent buffer and applies that slot's rows of four per-layer tables:
+
+* ``head_keep``/``head_repl`` ``[slots, heads*head_dim]`` on the ``o_proj`` input:
+  ``x * keep + repl`` (replace selected heads; identity is keep=1, repl=0),
+* ``attn_add`` ``[slots, hidden]`` on the attention output: additive head vectors folded through
+  ``o_proj`` (``W_o[:, head] @ v``; exact because ``o_proj`` is linear without bias),
+* ``resid_add`` ``[slots, hidden]`` on the residual stream after the layer.
+
+Slot 0 is the identity, so unsteered tokens are unchanged bit for bit. A steered request owns up
+to three slots, one per *phase* of a token's position ``p`` in a prompt of length ``P``:
+``body`` (p < P-1: "all" vectors), ``last`` (p = P-1: every vector) and ``gen`` (p >= P:
+"generated" and "all" vectors) — the same positions the transformers engine's hooks steer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...alignment.spec import SteeringVector
+
+PHASES = ("body", "last", "gen")
+_APPLIES = {"body": {"all"}, "last": {"all", "last_prompt", "generated"}, "gen": {"all", "generated"}}
+
+
+def vectors_to_args(vectors: Sequence[SteeringVector]) -> list[dict[str, Any]]:
+    """JSON-safe form for ``SamplingParams.extra_args`` (crosses vLLM's process boundary)."""
+    return [
+        {"layer": v.layer, "head": v.head, "position": v.position, "replace": v.replace,
+         "scale": float(v.scale), "vector": [float(x) for x in v.vector.float().tolist()]}
+        for v in vectors
+    ]
+
+
+def vectors_from_args(items: Sequence[Mapping[str, Any]]) -> list[SteeringVector]:
+    return [
+        SteeringVector(layer=int(d["layer"]), vector=torch.tensor(d["vector"], dtype=torch.float32),
+                       head=None if d.get("head") is None else int(d["head"]),
+                       scale=float(d.get("scale", 1.0)), position=d.get("position", "generated"),
+                       replace=bool(d.get("replace", False)))
+        for d in items
+    ]
+
+
+@dataclass
+class PhaseTables:
+    """One slot's content for every layer."""
+
+    resid_add: torch.Tensor  # [layers, hidden]
+    attn_add: torch.Tensor  # [layers, hidden]
+    head_keep: torch.Tensor  # [layers, heads*head_dim]
+    head_repl: torch.Tensor  # [layers, heads*head_dim]
+
+
+def build_phase_tables(
+    vectors: Sequence[SteeringVector],
+    num_layers: int,
+    hidden: int,
+    num_heads: int,
+    head_dim: int,
+    o_proj_weight: Callable[[int], torch.Tensor],
+) -> dict[str, PhaseTables]:
+    """Tables for each phase that has at least one vector (float32, on ``o_proj_weight``'s device)."""
+    out: dict[str, PhaseTables] = {}
+    for phase in PHASES:
+        chosen = [v for v in vectors if v.position in _APPLIES[phase]]
+        if not chosen:
+            continue
+        dev = o_proj_weight(chosen[0].layer).device
+        t = PhaseTables(
+            resid_add=torch.zeros(num_layers, hidden, device=dev),
+            attn_add=torch.zeros(num_layers, hidden, device=dev),
+            head_keep=torch.ones(num_layers, num_heads * head_dim, device=dev),
+            head_repl=torch.zeros(num_layers, num_heads * head_dim, device=dev),
+        )
+        for v in chosen:
+            if not 0 <= v.layer < num_layers:
+                raise ValueError(f"steering layer {v.layer} outside [0, {num_layers})")
+            vec = v.vector.to(device=dev, dtype=torch.float32) * v.scale
+            if v.head is None:
+                if vec.numel() != hidden:
+                    raise ValueError(f"residual vector has {vec.numel()} entries, model hidden is {hidden}")
+                t.resid_add[v.layer] += vec
+                continue
+            if not 0 <= v.head < num_heads or vec.numel() != head_dim:
+                raise ValueError(f"head vector must target a head in [0, {num_heads}) with {head_dim} entries")
+            cols = slice(v.head * head_dim, (v.head + 1) * head_dim)
+            if v.replace:
+                t.head_keep[v.layer, cols] = 0.0
+                t.head_repl[v.layer, cols] = vec
+            else:
+                t.attn_add[v.layer] += o_proj_weight(v.layer)[:, cols].float() @ vec
+        out[phase] = t
+    return out
+
+
+class SlotAllocator:
+    """Slots 1..n-1 of the tables; slot 0 is the identity and never handed out."""
+
+    def __init__(self, num_slots: int) -> None:
+        if num_slots < 2:
+            raise ValueError("need at least one slot besides the identity slot")
+        self._free = list(range(num_slots - 1, 0, -1))
+        self.owned: dict[str, dict[str, int]] = {}
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, req_id: str, phases: Sequence[str]) -> dict[str, int]:
+        if req_id in self.owned:
+            return self.owned[req_id]
+        if len(phases) > len(self._free):
+            raise RuntimeError(f"no free steering slots for {req_id} ({len(self._free)} left)")
+        slots = {p: self._free.pop() for p in phases}
+        self.owned[req_id] = slots
+        return slots
+
+    def release(self, req_id: str) -> list[int]:
+        slots = self.owned.pop(req_id, {})
+        self._free.extend(slots.values())
+        return list(slots.values())
+
+
+def token_slots(
+    num_computed: Sequence[int] | np.ndarray,
+    num_scheduled: Sequence[int] | np.ndarray,
+    prompt_lens: Sequence[int] | np.ndarray,
+    slots: Sequence[Mapping[str, int] | None],
+) -> np.ndarray:
+    """Slot index of every token of the flattened batch (requests in batch order).
+
+    Request ``i`` contributes tokens at positions ``num_computed[i] .. num_computed[i] +
+    num_scheduled[i] - 1``.
+    """
+    counts = np.asarray(num_scheduled, dtype=np.int64)
+    out = np.zeros(int(counts.sum()), dtype=np.int64)
+    start = 0
+    for i, n in enumerate(counts.tolist()):
+        s = slots[i]
+        if s:
+            pos = np.arange(int(num_computed[i]), int(num_computed[i]) + n)
+            last = int(prompt_lens[i]) - 1
+            seg = np.where(pos < last, s.get("body", 0), np.where(pos == last, s.get("last", 0), s.get("gen", 0)))
+            out[start:start + n] = seg
+        start += n
+    return out
