@@ -121,9 +121,9 @@ def margin_at(ref: TransformersEngine, req: GenerationRequest, prefix: list[int]
     return float(row[tok_ref] - row[tok_other])
 
 
-def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int) -> dict[str, Any]:
+def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: str = "bfloat16") -> dict[str, Any]:
     texts = prompts(n_prompts)
-    ref = TransformersEngine(model, device="cuda", dtype="bfloat16", max_model_len=4096)
+    ref = TransformersEngine(model, device="cuda", dtype=dtype, max_model_len=4096)
     steer = steering_vectors(ref.model.config.hidden_size, ref.head_dim)
     la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
     variants = {"base": (None, ()), "la_r3": (la, ()), "steering": (None, steer), "la_r3+steering": (la, steer)}
@@ -132,7 +132,7 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int) -> dict[
     for name, (v_la, v_steer) in variants.items():  # batch of one: no padding in the reference
         ref_out[name] = [ref.generate([request(i, t, max_tokens, v_la, v_steer)])[0] for i, t in enumerate(texts)]
     print(f"reference done in {time.perf_counter() - t0:.0f}s", flush=True)
-    eng = VLLMEngine(model, VLLMSettings(max_model_len=4096, gpu_memory_utilization=0.5,
+    eng = VLLMEngine(model, VLLMSettings(max_model_len=4096, gpu_memory_utilization=0.5, dtype=dtype,
                                           cudagraph_sizes=CUDAGRAPH_SIZES, strict_pairs=True))
     rows = []
     for name, (v_la, v_steer) in variants.items():
@@ -159,7 +159,7 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int) -> dict[
     eng.close()
     del ref
     free_gpu()
-    md = [f"# vLLM vs transformers reference — greedy, bf16, {len(texts)} prompts, {max_tokens} tokens\n",
+    md = [f"# vLLM vs transformers reference — greedy, {dtype}, {len(texts)} prompts, {max_tokens} tokens\n",
           f"Device: {device_name()}. Token match = matched tokens before the first divergence / tokens. "
           "Gap = the reference's logit difference between its token and vLLM's at the first divergence "
           "(small = a bf16 near-tie).\n",
@@ -170,8 +170,10 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int) -> dict[
                        else f"{d['position']}: length" for d in r["divergences"]) or "—"
         md.append(f"| {r['variant']} | {r['identical']}/{r['prompts']} | {r['token_match_rate']:.3f} | {dv} | "
                   f"{r['outputs_changed_vs_base_in_reference']} |")
-    payload = {"device": device_name(), "max_tokens": max_tokens, "rows": rows, "command": " ".join(sys.argv)}
-    write(out, f"vllm_equivalence_{slug()}", payload, "\n".join(md) + "\n")
+    payload = {"device": device_name(), "dtype": dtype, "max_tokens": max_tokens, "rows": rows,
+               "command": " ".join(sys.argv)}
+    suffix = "" if dtype == "bfloat16" else f"_{dtype}"
+    write(out, f"vllm_equivalence{suffix}_{slug()}", payload, "\n".join(md) + "\n")
     return payload
 
 
@@ -341,8 +343,8 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="HF model folder (Qwen2 family for steering)")
     ap.add_argument("--phases", default="equivalence,stress,throughput")
     ap.add_argument("--out", default="bench/results", type=Path)
-    ap.add_argument("--prompts", type=int, default=24)
-    ap.add_argument("--max-tokens", type=int, default=64, help="equivalence run")
+    ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--max-tokens", type=int, default=48, help="equivalence run")
     ap.add_argument("--stress-requests", type=int, default=200)
     ap.add_argument("--stress-blocks", type=int, default=256, help="KV blocks of 16 tokens in the stress run")
     ap.add_argument("--levels", default="1,8,64")
@@ -351,6 +353,8 @@ def main() -> None:
     phases = a.phases.split(",")
     if "equivalence" in phases:
         equivalence(a.model, a.out, a.prompts, a.max_tokens)
+    if "equivalence_fp32" in phases:
+        equivalence(a.model, a.out, a.prompts, a.max_tokens, dtype="float32")
     if "stress" in phases:
         stress(a.model, a.out, a.stress_requests, a.stress_blocks)
     if "throughput" in phases:

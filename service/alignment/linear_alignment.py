@@ -77,18 +77,27 @@ def adaptive_strength(
     return torch.minimum(r, max_strength.float())
 
 
-def nucleus_mask(logits: torch.Tensor, top_p: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+def nucleus_mask(logits: torch.Tensor, top_p: torch.Tensor, temperature: torch.Tensor,
+                 fast_k: int = 64) -> torch.Tensor:
     """Boolean mask of the top-p nucleus of ``softmax(logits / T)`` per row.
 
     A token is kept when the probability mass strictly before it (in descending order) is below
-    ``top_p``; the most likely token is always kept.
+    ``top_p``; the most likely token is always kept. The nucleus is read from the ``fast_k`` most
+    likely tokens when they already hold ``top_p`` of the mass in every row (the usual case: a
+    full-vocabulary sort per decoding step is the expensive part), else from a full sort; both
+    paths give the same mask.
     """
     probs = torch.softmax(logits.float() / temperature.float().unsqueeze(-1), dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(-1) - sorted_probs
-    keep_sorted = mass_before < top_p.float().unsqueeze(-1)
+    p = top_p.float().unsqueeze(-1)
+    k = min(fast_k, probs.shape[-1])
+    top_probs, order = probs.topk(k, dim=-1)
+    covered = top_probs.sum(-1, keepdim=True) >= p
+    if not bool(covered.all()):
+        top_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = top_probs.cumsum(-1) - top_probs
+    keep_sorted = mass_before < p
     keep_sorted[..., 0] = True
-    mask = torch.zeros_like(keep_sorted)
+    mask = torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
     mask.scatter_(-1, order, keep_sorted)
     return mask
 

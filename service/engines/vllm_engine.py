@@ -29,7 +29,7 @@ from ..alignment.spec import SteeringVector
 from .base import GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
 from .chat import with_principle, with_system
 from .vllm_glue.pairing import EXTRA_KEY
-from .vllm_glue.steer_tables import vectors_to_args
+from .vllm_glue.steer_tables import steering_key, vectors_to_args
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class VLLMSettings:
     strict_pairs: bool = False  # raise inside the engine if a pair ever leaves lock-step
     glue: bool = True  # False: stock vLLM (no pairing, no steering) — the benchmark baseline
     cudagraph_sizes: list[int] | None = None
+    dtype: str = "bfloat16"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,7 +57,7 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # custom logits processors need V1
-    kw: dict[str, Any] = dict(model=model_path, tokenizer=model_path, dtype="bfloat16",
+    kw: dict[str, Any] = dict(model=model_path, tokenizer=model_path, dtype=s.dtype,
                               max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
                               max_num_seqs=s.max_num_seqs, enable_prefix_caching=True,
                               enforce_eager=s.enforce_eager, disable_log_stats=False)
@@ -71,8 +72,8 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
         if arch in STEERABLE_ARCHS:
             kw["hf_overrides"] = {"architectures": ["AlignserveQwen2ForCausalLM"]}
         kw.update(logits_processors=[f"{GLUE}.logits:PairedLinearAlignment"],
-                  scheduler_cls=f"{GLUE}.scheduler:PairedScheduler", async_scheduling=False,
-                  worker_extension_cls=f"{GLUE}.worker:SteeringWorkerExtension",
+                  scheduler_cls=f"{GLUE}.scheduler.PairedScheduler", async_scheduling=False,
+                  worker_extension_cls=f"{GLUE}.worker.SteeringWorkerExtension",
                   additional_config={"alignserve_steer_slots": s.steer_slots,
                                      "alignserve_strict_pairs": s.strict_pairs})
     kw.update(s.extra)
@@ -95,6 +96,10 @@ class VLLMEngine:
         self.max_model_len = self.settings.max_model_len
         self.yes_id = int(self.tokenizer.encode("Yes", add_special_tokens=False)[0])
         self.no_id = int(self.tokenizer.encode("No", add_special_tokens=False)[0])
+        # distinct steering specs live at once: each needs up to 3 table slots in the model
+        self.steer_capacity = max(1, (self.settings.steer_slots - 1) // 3)
+        self._steer_users: dict[str, int] = {}
+        self._steer_cond: asyncio.Condition | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
         self._thread.start()
@@ -144,7 +149,29 @@ class VLLMEngine:
             output_kind=RequestOutputKind.CUMULATIVE, extra_args=extra or None)
 
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
-        """One request (two vLLM sequences for LA) from submission to its last token."""
+        """One request (two vLLM sequences for LA) from submission to its last token.
+
+        Requests with a steering spec not yet live wait while ``steer_capacity`` distinct specs
+        are in flight (requests sharing a spec share the model's table slots)."""
+        if not req.alignment.steering:
+            return await self._agenerate(req)
+        key = steering_key(vectors_to_args(req.alignment.steering))
+        if self._steer_cond is None:
+            self._steer_cond = asyncio.Condition()
+        async with self._steer_cond:
+            await self._steer_cond.wait_for(
+                lambda: key in self._steer_users or len(self._steer_users) < self.steer_capacity)
+            self._steer_users[key] = self._steer_users.get(key, 0) + 1
+        try:
+            return await self._agenerate(req)
+        finally:
+            async with self._steer_cond:
+                self._steer_users[key] -= 1
+                if not self._steer_users[key]:
+                    del self._steer_users[key]
+                self._steer_cond.notify_all()
+
+    async def _agenerate(self, req: GenerationRequest) -> GenerationResult:
         from vllm.inputs import TokensPrompt
 
         started = time.perf_counter()
@@ -170,7 +197,6 @@ class VLLMEngine:
             base = {"pair": rid, "sampling": sampling}
             streams.append((f"{rid}-p", principle or [], self._params(req, max_tokens, {**base, "role": "principle", "la": la_args})))
             streams.append((f"{rid}-b", plain, self._params(req, max_tokens, {**base, "role": "plain"})))
-        lead_id = streams[0][0]
         state: dict[str, Any] = {"tokens": [], "text": "", "finish": None, "first": 0.0, "mate_tokens": None}
 
         async def consume(sid: str, prompt: list[int], params: Any, lead: bool) -> None:

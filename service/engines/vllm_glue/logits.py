@@ -122,6 +122,6 @@ class PairedLinearAlignment(LogitsProcessor):
                 tokens[j] = select_token(step.logits[j], row.sampling, row.generator)
         rows = torch.cat([plain, princ])
         chosen = torch.cat([tokens, tokens])
-        logits[rows] = float("-inf")
+        logits.index_fill_(0, rows, float("-inf"))
         logits[rows, chosen] = 0.0
         return logits

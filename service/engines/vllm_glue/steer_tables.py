@@ -40,6 +40,14 @@ def vectors_to_args(vectors: Sequence[SteeringVector]) -> list[dict[str, Any]]:
     ]
 
 
+def steering_key(items: Sequence[Mapping[str, Any]]) -> str:
+    """Content key of a steering spec: equal specs share table slots."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()
+
+
 def vectors_from_args(items: Sequence[Mapping[str, Any]]) -> list[SteeringVector]:
     return [
         SteeringVector(layer=int(d["layer"]), vector=torch.tensor(d["vector"], dtype=torch.float32),
@@ -103,29 +111,52 @@ def build_phase_tables(
 
 
 class SlotAllocator:
-    """Slots 1..n-1 of the tables; slot 0 is the identity and never handed out."""
+    """Slots 1..n-1 of the tables; slot 0 is the identity and never handed out.
+
+    Requests with identical steering (the common case: many requests of one profile) share
+    slots under a content key, reference-counted, so the tables are written once per profile.
+    """
 
     def __init__(self, num_slots: int) -> None:
         if num_slots < 2:
             raise ValueError("need at least one slot besides the identity slot")
         self._free = list(range(num_slots - 1, 0, -1))
-        self.owned: dict[str, dict[str, int]] = {}
+        self.by_key: dict[str, dict[str, int]] = {}
+        self.users: dict[str, int] = {}
+        self.owned: dict[str, str] = {}  # req id -> key
 
     @property
     def free(self) -> int:
         return len(self._free)
 
-    def allocate(self, req_id: str, phases: Sequence[str]) -> dict[str, int]:
+    def lookup(self, req_id: str, key: str) -> dict[str, int] | None:
+        """Slots for ``key`` if already filled (the request becomes a user of them)."""
         if req_id in self.owned:
-            return self.owned[req_id]
+            return self.by_key[self.owned[req_id]]
+        slots = self.by_key.get(key)
+        if slots is not None:
+            self.users[key] += 1
+            self.owned[req_id] = key
+        return slots
+
+    def allocate(self, req_id: str, key: str, phases: Sequence[str]) -> dict[str, int]:
         if len(phases) > len(self._free):
             raise RuntimeError(f"no free steering slots for {req_id} ({len(self._free)} left)")
         slots = {p: self._free.pop() for p in phases}
-        self.owned[req_id] = slots
+        self.by_key[key] = slots
+        self.users[key] = 1
+        self.owned[req_id] = key
         return slots
 
     def release(self, req_id: str) -> list[int]:
-        slots = self.owned.pop(req_id, {})
+        key = self.owned.pop(req_id, None)
+        if key is None:
+            return []
+        self.users[key] -= 1
+        if self.users[key] > 0:
+            return []
+        del self.users[key]
+        slots = self.by_key.pop(key)
         self._free.extend(slots.values())
         return list(slots.values())
 

@@ -18,7 +18,7 @@ import torch
 
 from .model import SteerableQwen2DecoderLayer
 from .pairing import EXTRA_KEY
-from .steer_tables import SlotAllocator, build_phase_tables, token_slots, vectors_from_args
+from .steer_tables import SlotAllocator, build_phase_tables, steering_key, token_slots, vectors_from_args
 
 log = logging.getLogger("alignserve.vllm.steering")
 
@@ -38,8 +38,12 @@ class _RunnerSteering:
         return self.layers[layer].self_attn.o_proj.weight
 
     def _install(self, req_id: str, args: list[dict[str, Any]]) -> dict[str, int]:
+        key = steering_key(args)
+        shared = self.alloc.lookup(req_id, key)
+        if shared is not None:
+            return shared
         tables = build_phase_tables(vectors_from_args(args), *self.shape, self._o_proj)
-        slots = self.alloc.allocate(req_id, list(tables))
+        slots = self.alloc.allocate(req_id, key, list(tables))
         for phase, slot in slots.items():
             t = tables[phase]
             for li, layer in enumerate(self.layers):
@@ -62,7 +66,8 @@ class _RunnerSteering:
             steer = (extra or {}).get(EXTRA_KEY, {}).get("steer") if extra else None
             slots = None
             if steer:
-                slots = self.alloc.owned.get(rid) or self._install(rid, steer)
+                owned = self.alloc.owned.get(rid)
+                slots = self.alloc.by_key[owned] if owned is not None else self._install(rid, steer)
                 any_steered = True
             per_req.append(slots)
         if not any_steered and not self.dirty:
