@@ -83,7 +83,7 @@ def write(out: Path, name: str, payload: dict[str, Any], md: str) -> None:
 
 # ---- equivalence ------------------------------------------------------------------------------
 def first_divergence(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
@@ -138,7 +138,7 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
     for name, (v_la, v_steer) in variants.items():
         got = eng.generate([request(i, t, max_tokens, v_la, v_steer) for i, t in enumerate(texts)])
         exact, matched, total, divs = 0, 0, 0, []
-        for i, (r, g) in enumerate(zip(ref_out[name], got)):
+        for i, (r, g) in enumerate(zip(ref_out[name], got, strict=True)):
             d = first_divergence(r.token_ids, g.token_ids)
             n = max(len(r.token_ids), len(g.token_ids))
             total += n
@@ -152,7 +152,7 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
                 gap = margin_at(ref, request(i, texts[i], max_tokens, v_la, v_steer), r.token_ids[:d],
                                 r.token_ids[d], g.token_ids[d])
             divs.append({"prompt": i, "position": d, "ref_logit_gap": gap})
-        changed = sum(a.token_ids != b.token_ids for a, b in zip(ref_out[name], ref_out["base"]))
+        changed = sum(a.token_ids != b.token_ids for a, b in zip(ref_out[name], ref_out["base"], strict=True))
         rows.append({"variant": name, "prompts": len(texts), "identical": exact,
                      "token_match_rate": matched / max(total, 1), "divergences": divs,
                      "outputs_changed_vs_base_in_reference": changed})
@@ -230,8 +230,8 @@ def _prom_total(name: str) -> float | None:
 
 # ---- throughput -------------------------------------------------------------------------------
 def _stats(token_times: list[list[float]], submits: list[float], wall: float) -> dict[str, float]:
-    ttft = [t[0] - s for t, s in zip(token_times, submits) if t]
-    itl = [b - a for t in token_times for a, b in zip(t, t[1:])]
+    ttft = [t[0] - s for t, s in zip(token_times, submits, strict=True) if t]
+    itl = [b - a for t in token_times for a, b in zip(t, t[1:], strict=False)]
     tokens = sum(len(t) for t in token_times)
 
     def pct(xs: list[float], q: float) -> float:

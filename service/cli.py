@@ -22,7 +22,8 @@ _SETTINGS_FLAGS = {
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", help=f"'{EMBEDDED_MODEL}' (default), a local HF folder, or a hub id")
-    g.add_argument("--backend", choices=["transformers"], help="engine backend (default transformers)")
+    g.add_argument("--backend", choices=["transformers", "vllm"],
+                   help="engine backend: transformers (default; CPU or GPU) or vllm (GPU; vllm==0.26.0 installed)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "float64"],
                    help="compute dtype (auto: float32 on CPU, bfloat16 on GPU)")

@@ -22,7 +22,8 @@ class Settings(BaseSettings):
 
     # Where the model comes from: the embedded default, a local HF folder, or a hub id.
     model: str = Field(EMBEDDED_MODEL, description="embedded:<name>, a local HF folder, or a hub id")
-    backend: Literal["transformers"] = Field("transformers", description="engine backend (vLLM: see issue 3)")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (reference, CPU or GPU) or vllm (GPU, needs vllm==0.26.0)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"
     home: Path = Field(default_factory=default_home, description="model cache and default DB live here")

@@ -13,6 +13,12 @@ log = logging.getLogger(__name__)
 
 def build_engine(settings: Settings) -> Engine:
     path = resolve_model(settings.model, settings.home, progress=lambda m: log.info(m))
+    if settings.backend == "vllm":
+        from .vllm_engine import VLLMEngine, VLLMSettings
+
+        log.info("loading model", extra={"model": path, "backend": "vllm"})
+        return VLLMEngine(path, VLLMSettings(max_model_len=settings.max_model_len),
+                          default_system=settings.default_system_prompt)
     from transformers.utils import logging as hf_logging
 
     from .transformers_engine import TransformersEngine

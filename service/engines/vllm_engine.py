@@ -195,7 +195,8 @@ class VLLMEngine:
                        "plausibility_temperature": la.plausibility_temperature, "placement": la.placement}
             sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
             base = {"pair": rid, "sampling": sampling}
-            streams.append((f"{rid}-p", principle or [], self._params(req, max_tokens, {**base, "role": "principle", "la": la_args})))
+            lead_tag = {**base, "role": "principle", "la": la_args}
+            streams.append((f"{rid}-p", principle or [], self._params(req, max_tokens, lead_tag)))
             streams.append((f"{rid}-b", plain, self._params(req, max_tokens, {**base, "role": "plain"})))
         state: dict[str, Any] = {"tokens": [], "text": "", "finish": None, "first": 0.0, "mate_tokens": None}
 
