@@ -77,6 +77,8 @@ def free_gpu() -> None:
 def write(out: Path, name: str, payload: dict[str, Any], md: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    md += (f"\nReproduce (GPU host, after `bench/gpu/setup_vllm_host.sh`):\n"
+           f"`PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 python3 {' '.join(sys.argv)}`\n")
     (out / f"{name}.md").write_text(md)
     print(md, flush=True)
 
