@@ -335,6 +335,53 @@ def throughput(model: str, out: Path, levels: list[int], max_tokens: int) -> dic
     return payload
 
 
+def breakdown(model: str, out: Path, levels: list[int], max_tokens: int) -> dict[str, Any]:
+    """Where the glue engine's throughput goes: the same plain requests on engines that differ in
+    one thing at a time (async scheduling; the steerable architecture; the LA pairing)."""
+    texts = prompts(40)
+    la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
+    rows: list[dict[str, Any]] = []
+    common: dict[str, Any] = {"gpu_memory_utilization": 0.5, "cudagraph_sizes": CUDAGRAPH_SIZES}
+    engines: list[tuple[str, VLLMSettings, list[tuple[str, Any, bool]]]] = [
+        ("stock, async", VLLMSettings(glue=False, **common), [("plain", None, False)]),
+        ("stock, sync", VLLMSettings(glue=False, async_scheduling=False, **common), [("plain", None, False)]),
+        ("steerable arch, async, no pairing", VLLMSettings(pairing=False, **common),
+         [("plain", None, False), ("steering", None, True)]),
+        ("steerable arch, sync, no pairing", VLLMSettings(pairing=False, async_scheduling=False, **common),
+         [("plain", None, False)]),
+        ("full glue (sync)", VLLMSettings(**common),
+         [("plain", None, False), ("steering", None, True), ("LA", la, False)]),
+    ]
+    for name, settings, workloads in engines:
+        eng = VLLMEngine(model, settings)
+        steer = steering_vectors(eng.num_heads * eng.head_dim, eng.head_dim)
+        for wname, v_la, steered in workloads:
+            def make(i: int, cb: Any, v_la: Any = v_la, vecs: Any = steer if steered else ()) -> GenerationRequest:
+                return request(i, texts[i % len(texts)], max_tokens, v_la, vecs,
+                               ignore_eos=True, on_token=lambda ev: cb(ev))
+            for c in levels:
+                n = max(4, 4 * c)
+                eng.call(_vllm_level(eng, make, c, min(8, n)))
+                s = eng.call(_vllm_level(eng, make, c, n))
+                rows.append({"engine": name, "workload": wname, "concurrency": c, **s})
+                print(f"{name:36s} {wname:9s} c={c:3d} {s['tok_s']:9.1f} tok/s itl p50 {s['itl_p50_ms']:.2f} ms",
+                      flush=True)
+        eng.close()
+        free_gpu()
+    base = {r["concurrency"]: r["tok_s"] for r in rows if r["engine"] == "stock, async"}
+    md = [f"# Where the glue's throughput goes — {device_name()}, 0.5B bf16, {max_tokens} tokens per request "
+          "(EOS ignored), 4x concurrency requests per level\n",
+          "| engine | workload | concurrency | tok/s | vs stock async | ITL p50 ms | ITL p99 ms | TTFT p50 ms |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['engine']} | {r['workload']} | {r['concurrency']} | {r['tok_s']:.0f} | "
+                  f"{r['tok_s'] / base[r['concurrency']]:.2f}x | {r['itl_p50_ms']:.2f} | {r['itl_p99_ms']:.2f} | "
+                  f"{r['ttft_p50_ms']:.1f} |")
+    payload = {"device": device_name(), "max_tokens": max_tokens, "rows": rows, "command": " ".join(sys.argv)}
+    write(out, f"vllm_breakdown_{slug()}", payload, "\n".join(md) + "\n")
+    return payload
+
+
 def slug() -> str:
     name = device_name().lower()
     return "h100" if "h100" in name else "h200" if "h200" in name else name.replace(" ", "_")
@@ -350,6 +397,7 @@ def main() -> None:
     ap.add_argument("--stress-requests", type=int, default=200)
     ap.add_argument("--stress-blocks", type=int, default=256, help="KV blocks of 16 tokens in the stress run")
     ap.add_argument("--levels", default="1,8,64")
+    ap.add_argument("--breakdown-levels", default="8,64")
     ap.add_argument("--tp-tokens", type=int, default=128, help="output tokens per request, throughput run")
     a = ap.parse_args()
     phases = a.phases.split(",")
@@ -361,6 +409,8 @@ def main() -> None:
         stress(a.model, a.out, a.stress_requests, a.stress_blocks)
     if "throughput" in phases:
         throughput(a.model, a.out, [int(x) for x in a.levels.split(",")], a.tp_tokens)
+    if "breakdown" in phases:
+        breakdown(a.model, a.out, [int(x) for x in a.breakdown_levels.split(",")], a.tp_tokens)
 
 
 if __name__ == "__main__":

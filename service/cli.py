@@ -46,7 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, {
         "host": args.host, "port": args.port, "max_batch_size": args.max_batch_size,
-        "max_queue": args.max_queue, "request_timeout_s": args.request_timeout, "log_format": args.log_format,
+        "max_queue": args.max_queue, "max_num_seqs": args.max_num_seqs,
+        "gpu_memory_utilization": args.gpu_memory_utilization, "request_timeout_s": args.request_timeout,
+        "log_format": args.log_format,
     })
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, drain_s=args.drain_timeout)
@@ -170,8 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--db-url", help="profile DB: SQLAlchemy URL (default sqlite:///<home>/profiles.db; "
                        "postgresql+psycopg://user:pw@host/db works)")
-    serve.add_argument("--max-batch-size", type=int, help="requests decoded together (default 8)")
+    serve.add_argument("--max-batch-size", type=int,
+                       help="transformers backend: requests decoded together as one batch (default 8)")
     serve.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
+    serve.add_argument("--max-num-seqs", type=int,
+                       help="vllm backend: requests in continuous batching at once (default 256)")
+    serve.add_argument("--gpu-memory-utilization", type=float,
+                       help="vllm backend: share of GPU memory for weights and KV cache (default 0.85)")
     serve.add_argument("--request-timeout", type=float, help="seconds per request before 504 (default 300)")
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish work on SIGTERM")
     serve.add_argument("--log-format", choices=["json", "text"], help="structured JSON lines (default) or text")

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask for")
     max_batch_size: int = Field(8, ge=1, description="requests decoded together by the reference engine")
     max_queue: int = Field(64, ge=1, description="requests waiting for the engine before 429")
+    max_num_seqs: int = Field(256, ge=2, description="vLLM: requests handed to continuous batching at once "
+                              "(an LA request decodes two sequences)")
+    gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98,
+                                          description="vLLM: share of GPU memory for weights + KV cache")
     request_timeout_s: float = Field(300.0, gt=0)
     max_jobs: int = Field(16, ge=1, description="profile-compilation jobs queued or running before 429")
     max_body_bytes: int = Field(1_000_000, ge=1024)

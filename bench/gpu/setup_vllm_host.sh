@@ -8,7 +8,7 @@ set -euo pipefail
 STAGE=/tmp/stage G=/tmp/gstage SITE=/tmp/site H=/tmp/ahome
 bash "$STAGE/install.sh"
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" \
-  "$G"/whl/[Ss][Qq][Ll]*.whl "$G"/whl/pydantic_settings*.whl 2>&1 | grep -v WARNING || true
+  "$G"/whl/[Ss][Qq][Ll]*.whl "$G"/whl/pydantic_settings*.whl "$G"/whl/python_dotenv*.whl "$G"/whl/langid*.whl 2>&1 | grep -v WARNING || true
 DI="$SITE/alignserve_vllm_plugin-0.0.0.dist-info" && mkdir -p "$DI"
 printf 'Metadata-Version: 2.1\nName: alignserve-vllm-plugin\nVersion: 0.0.0\n' > "$DI/METADATA"
 printf '[vllm.general_plugins]\nalignserve = service.engines.vllm_glue.plugin:register\n' > "$DI/entry_points.txt"

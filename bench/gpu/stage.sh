@@ -13,6 +13,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
   -d .gpu1/whl "fastapi==0.136.1" starlette "pydantic==2.13.4" "pydantic-core==2.46.4" pydantic-settings annotated-types \
   typing-inspection uvicorn sqlalchemy gguf python-dotenv
+python3 -m pip wheel -q --no-deps -w .gpu1/whl "langid==1.1.6"  # sdist only on PyPI; pure Python
 split -b 50M -d "$GGUF" /tmp/alignserve-gpu-stage/gguf.part.
 n=1
 for f in /tmp/alignserve-gpu-stage/gguf.part.*; do

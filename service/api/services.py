@@ -52,9 +52,11 @@ class Services:
     def _load(self) -> None:
         try:
             engine = self.engine_factory(self.settings)
-            worker = EngineWorker(engine, self.settings.max_queue, self.settings.max_batch_size)
+            worker = EngineWorker(engine, self.settings.max_queue, self.settings.max_batch_size,
+                                  max_in_flight=self.settings.max_num_seqs)
             worker.start()
             self.metrics.watch_worker(lambda: worker.depth, lambda: len(worker.live_requests))
+            self.metrics.watch_engine(engine.stats)
             self.engine, self.worker = engine, worker
             runner = JobRunner(self.jobs, self.store, worker, engine,
                                on_finish=lambda status: self.metrics.jobs.labels(status).inc(),

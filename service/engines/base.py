@@ -6,6 +6,7 @@ steered requests with different settings.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,28 @@ class GenerationResult:
         return sum(self.strengths) / len(self.strengths) if self.strengths else None
 
 
+@dataclass
+class EngineStats:
+    """The engine's own view of its load, exported on /metrics (vLLM fills it from its scheduler
+    stats; the reference engine has no block-managed KV cache, so its usage stays NaN)."""
+
+    running_sequences: int = 0  # sequences being decoded (an LA request counts two)
+    waiting_sequences: int = 0  # admitted to the engine, not yet scheduled
+    kv_cache_usage: float = float("nan")  # fraction of KV-cache blocks in use
+    preemptions: int = 0  # cumulative
+    prefix_cache_queries: int = 0  # cumulative prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # cumulative prompt tokens found there
+
+    def record_step(self, running: int, waiting: int, kv_cache_usage: float, preempted: int = 0,
+                    cache_queries: int = 0, cache_hits: int = 0) -> None:
+        """Apply one engine step's report: gauges replaced, counters advanced."""
+        self.running_sequences, self.waiting_sequences = running, waiting
+        self.kv_cache_usage = kv_cache_usage
+        self.preemptions += preempted
+        self.prefix_cache_queries += cache_queries
+        self.prefix_cache_hits += cache_hits
+
+
 @dataclass(frozen=True)
 class PromptSize:
     plain: int
@@ -79,6 +102,7 @@ class Readout(Protocol):
     def close(self) -> None: ...
 
 
+
 class Engine(Protocol):
     backend: str
     model_name: str
@@ -90,7 +114,12 @@ class Engine(Protocol):
     def prompt_size(self, messages: list[Message], principle: str | None,
                     placement: str = "system") -> PromptSize: ...
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Decode ``requests`` as one batch and return when all are done (the worker thread calls
+        this for engines without ``submit``)."""
+        ...
+
+    def stats(self) -> EngineStats: ...
 
     def yes_probability(
         self, conversations: Sequence[list[Message]], steering: Sequence[SteeringVector] = ()
@@ -111,3 +140,14 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ContinuousEngine(Engine, Protocol):
+    """An engine that batches continuously by itself (vLLM): the worker hands it each request as
+    it arrives instead of collecting batches."""
+
+    def submit(self, request: GenerationRequest) -> concurrent.futures.Future[GenerationResult]: ...
+
+
+def is_continuous(engine: Engine) -> bool:
+    return callable(getattr(engine, "submit", None))

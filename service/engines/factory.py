@@ -17,7 +17,10 @@ def build_engine(settings: Settings) -> Engine:
         from .vllm_engine import VLLMEngine, VLLMSettings
 
         log.info("loading model", extra={"model": path, "backend": "vllm"})
-        return VLLMEngine(path, VLLMSettings(max_model_len=settings.max_model_len),
+        dtype = "bfloat16" if settings.dtype == "auto" else settings.dtype
+        vs = VLLMSettings(max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
+                          gpu_memory_utilization=settings.gpu_memory_utilization, dtype=dtype)
+        return VLLMEngine(path, vs,
                           default_system=settings.default_system_prompt)
     from transformers.utils import logging as hf_logging
 

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from ..alignment.linear_alignment import LinearAlignmentConfig, linear_alignment_step
 from ..alignment.sampling import make_generator, select_token
 from ..alignment.spec import SteeringVector
-from .base import GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
+from .base import EngineStats, GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
 from .chat import with_principle, with_system
 from .hf_hooks import HeadCapture, SteeringHooks
 
@@ -94,6 +94,7 @@ class TransformersEngine:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(int(e) for e in eos)
         self.yes_id, self.no_id = self._answer_token("Yes"), self._answer_token("No")
+        self._running = 0  # streams in the batch being decoded (read by the metrics scrape)
         if self.yes_id == self.no_id:
             raise ValueError("tokenizer maps 'Yes' and 'No' to the same first token")
 
@@ -165,13 +166,21 @@ class TransformersEngine:
         ids, mask = self._left_pad(seqs)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         hooks = SteeringHooks(self.model, steer_rows, self.head_dim, self.dtype, self.device)
+        self._running = len(seqs)
+        try:
+            return self._decode(lives, hooks, ids, mask, positions, len(seqs))
+        finally:
+            self._running = 0
+
+    def _decode(self, lives: list[_Live], hooks: SteeringHooks, ids: torch.Tensor, mask: torch.Tensor,
+                positions: torch.Tensor, n_streams: int) -> list[GenerationResult]:
         with hooks:
             logits, cache = self._forward(ids, mask, None, positions)
             next_pos = positions[:, -1] + 1
-            rows = torch.arange(len(seqs), device=self.device)  # row index of each stream in the cache
+            rows = torch.arange(n_streams, device=self.device)  # row index of each stream in the cache
             hooks.phase = "decode"
             while True:
-                feed = torch.full((len(seqs),), self.pad_id, dtype=torch.long, device=self.device)
+                feed = torch.full((n_streams,), self.pad_id, dtype=torch.long, device=self.device)
                 self._step(lives, logits, rows, feed)
                 active = [lv for lv in lives if lv.finish is None]
                 if not active:
@@ -186,11 +195,15 @@ class TransformersEngine:
                         layer.batch_select_indices(keep)  # type: ignore[union-attr]
                     mask, next_pos, rows = mask[keep], next_pos[keep], rows[keep]
                     hooks.select_rows(keep)
+                    self._running = len(keep_streams)
                 step_ids = feed[rows].unsqueeze(-1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
                 logits, cache = self._forward(step_ids, mask, cache, next_pos.unsqueeze(-1))
                 next_pos = next_pos + 1
         return [self._result(lv) for lv in lives]
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running_sequences=self._running)
 
     def _step(self, lives: list[_Live], logits: torch.Tensor, rows: torch.Tensor, feed: torch.Tensor) -> None:
         """Choose one token for every unfinished request and record it in ``feed`` (by stream id)."""

@@ -13,6 +13,9 @@ by the worker thread) and the async benchmark share one code path.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -26,7 +29,7 @@ from typing import Any
 from transformers import AutoConfig, AutoTokenizer
 
 from ..alignment.spec import SteeringVector
-from .base import GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
+from .base import EngineStats, GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
 from .chat import with_principle, with_system
 from .vllm_glue.pairing import EXTRA_KEY
 from .vllm_glue.steer_tables import steering_key, vectors_to_args
@@ -48,6 +51,8 @@ class VLLMSettings:
     steer_slots: int = 3 * 64 + 1
     strict_pairs: bool = False  # raise inside the engine if a pair ever leaves lock-step
     glue: bool = True  # False: stock vLLM (no pairing, no steering) — the benchmark baseline
+    pairing: bool = True  # LA pairs (scheduler + logits processor); needs synchronous scheduling
+    async_scheduling: bool | None = None  # None: vLLM's default where pairing allows it
     cudagraph_sizes: list[int] | None = None
     dtype: str = "bfloat16"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -67,15 +72,18 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
         kw["num_gpu_blocks_override"] = s.num_gpu_blocks
     if s.cudagraph_sizes:
         kw["compilation_config"] = {"cudagraph_capture_sizes": s.cudagraph_sizes}
+    if s.async_scheduling is not None:
+        kw["async_scheduling"] = s.async_scheduling
     if s.glue:
         arch = (AutoConfig.from_pretrained(model_path).architectures or [""])[0]
         if arch in STEERABLE_ARCHS:
             kw["hf_overrides"] = {"architectures": ["AlignserveQwen2ForCausalLM"]}
-        kw.update(logits_processors=[f"{GLUE}.logits:PairedLinearAlignment"],
-                  scheduler_cls=f"{GLUE}.scheduler.PairedScheduler", async_scheduling=False,
-                  worker_extension_cls=f"{GLUE}.worker.SteeringWorkerExtension",
+        kw.update(worker_extension_cls=f"{GLUE}.worker.SteeringWorkerExtension",
                   additional_config={"alignserve_steer_slots": s.steer_slots,
                                      "alignserve_strict_pairs": s.strict_pairs})
+        if s.pairing:
+            kw.update(logits_processors=[f"{GLUE}.logits:PairedLinearAlignment"],
+                      scheduler_cls=f"{GLUE}.scheduler.PairedScheduler", async_scheduling=False)
     kw.update(s.extra)
     return AsyncEngineArgs(**kw)
 
@@ -100,6 +108,8 @@ class VLLMEngine:
         self.steer_capacity = max(1, (self.settings.steer_slots - 1) // 3)
         self._steer_users: dict[str, int] = {}
         self._steer_cond: asyncio.Condition | None = None
+        self._stats = EngineStats(kv_cache_usage=0.0)
+        self.cancel_poll_s = 0.05  # how soon a cancelled request (client gone) is aborted
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
         self._thread.start()
@@ -110,7 +120,10 @@ class VLLMEngine:
     async def _start(self, model_path: str) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(engine_args(model_path, self.settings))
+        from .vllm_glue.stats_logger import EngineStatsLogger
+
+        return AsyncLLM.from_engine_args(engine_args(model_path, self.settings),
+                                         stat_loggers=[functools.partial(EngineStatsLogger, sink=self._stats)])
 
     def call(self, coro: Any, timeout: float | None = None) -> Any:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -177,6 +190,8 @@ class VLLMEngine:
         started = time.perf_counter()
         plain = self.encode_chat(with_system(req.messages, self.default_system))
         la = req.alignment.la
+        if la is not None and not (self.settings.glue and self.settings.pairing):
+            raise ValueError("this vLLM engine was started without Linear-Alignment pairing")
         principle = (self.encode_chat(with_principle(req.messages, la.principle, self.default_system, la.placement))
                      if la else None)
         longest = max(len(plain), len(principle or []))
@@ -224,8 +239,14 @@ class VLLMEngine:
 
         tasks = [asyncio.ensure_future(consume(sid, p, sp, i == 0)) for i, (sid, p, sp) in enumerate(streams)]
         try:
-            await asyncio.wait([tasks[0]], return_when=asyncio.FIRST_COMPLETED)
-            tasks[0].result()
+            while not tasks[0].done():  # a request still queued inside vLLM yields no output to check
+                await asyncio.wait([tasks[0]], timeout=self.cancel_poll_s)
+                if req.cancelled.is_set() and not tasks[0].done():
+                    state["finish"] = "cancelled"
+                    tasks[0].cancel()  # AsyncLLM.generate aborts the request when cancelled
+                    break
+            if not tasks[0].cancelled():
+                tasks[0].result()
         finally:
             for t in tasks[1:]:
                 if not t.done():
@@ -244,6 +265,13 @@ class VLLMEngine:
             principle_prompt_tokens=len(principle) if principle is not None else None,
             completion_tokens=len(state["tokens"]), strengths=strengths,
             first_token_s=state["first"], total_s=time.perf_counter() - started)
+
+    def submit(self, request: GenerationRequest) -> concurrent.futures.Future[GenerationResult]:
+        """Hand one request to vLLM's continuous batching; the future settles when it is done."""
+        return asyncio.run_coroutine_threadsafe(self.agenerate(request), self.loop)
+
+    def stats(self) -> EngineStats:
+        return dataclasses.replace(self._stats)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         async def all_of() -> list[GenerationResult]:

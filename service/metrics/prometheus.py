@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..engines.base import EngineStats
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -16,6 +23,36 @@ def _cuda_allocated() -> float:
     import torch
 
     return float(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0.0
+
+
+class EngineStatsCollector(Collector):
+    """Reads the engine's own stats at scrape time (vLLM: running/waiting sequences, KV-cache
+    usage, preemptions, prefix-cache hits, as its scheduler reports them every step)."""
+
+    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            s = self.stats()
+        except Exception:  # a scrape must never fail because the engine is shutting down
+            log.exception("engine stats unavailable")
+            return
+        yield GaugeMetricFamily("alignserve_engine_running_sequences",
+                                "Sequences the engine is decoding (an LA request counts two)",
+                                value=s.running_sequences)
+        yield GaugeMetricFamily("alignserve_engine_waiting_sequences",
+                                "Sequences admitted to the engine but not yet scheduled (vLLM)",
+                                value=s.waiting_sequences)
+        yield GaugeMetricFamily("alignserve_engine_kv_cache_usage_ratio",
+                                "Fraction of KV-cache blocks in use (vLLM; NaN on the reference engine)",
+                                value=s.kv_cache_usage)
+        yield CounterMetricFamily("alignserve_engine_preemptions", "Sequences preempted by the engine (vLLM)",
+                                  value=s.preemptions)
+        yield CounterMetricFamily("alignserve_engine_prefix_cache_queries",
+                                  "Prompt tokens looked up in the prefix cache (vLLM)", value=s.prefix_cache_queries)
+        yield CounterMetricFamily("alignserve_engine_prefix_cache_hits",
+                                  "Prompt tokens served from the prefix cache (vLLM)", value=s.prefix_cache_hits)
 
 
 class Metrics:
@@ -62,6 +99,9 @@ class Metrics:
     def watch_worker(self, depth: Callable[[], int], live: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
         self.engine_live.set_function(lambda: float(live()))
+
+    def watch_engine(self, stats: Callable[[], EngineStats]) -> None:
+        self.registry.register(EngineStatsCollector(stats))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

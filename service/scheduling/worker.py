@@ -3,8 +3,14 @@
 Why a thread: a model forward holds the GIL-free torch kernels for long stretches, and the event
 loop must keep answering health checks, metrics and streaming clients meanwhile. Why bounded:
 past ``max_queue`` waiting jobs a new request is refused at once (HTTP 429) instead of waiting
-unboundedly. Generation jobs waiting together are decoded as one batch (up to
-``max_batch_size``); other calls (scoring, activation capture) run one at a time between batches.
+unboundedly.
+
+Two modes, chosen by the engine. A batch engine (transformers): generation jobs waiting together
+are decoded as one batch (up to ``max_batch_size``); other calls (scoring, activation capture)
+run one at a time between batches. A continuous engine (vLLM, ``submit``): each generation job is
+handed to the engine as soon as fewer than ``max_in_flight`` are running there, so requests join
+and leave the running batch step by step; other calls run on a second thread so they never hold
+up admission.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -21,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..engines.base import Engine, GenerationRequest, GenerationResult
+from ..engines.base import Engine, GenerationRequest, GenerationResult, is_continuous
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,9 +72,13 @@ def _cancelled_result(req: GenerationRequest) -> GenerationResult:
 
 
 class EngineWorker:
-    def __init__(self, engine: Engine, max_queue: int, max_batch_size: int) -> None:
+    def __init__(self, engine: Engine, max_queue: int, max_batch_size: int, max_in_flight: int | None = None) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self.continuous = is_continuous(engine)
+        self.max_in_flight = max_in_flight or max_batch_size
+        self._slots = threading.BoundedSemaphore(self.max_in_flight)
+        self._calls: concurrent.futures.ThreadPoolExecutor | None = None
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
@@ -77,12 +88,19 @@ class EngineWorker:
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        if self.continuous:
+            self._calls = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-calls")
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch in progress (up to ``timeout``), fail everything still queued."""
+        """Finish the work in progress (up to ``timeout``), fail everything still queued."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._thread.join(timeout)
+        while self.continuous and self.live_requests and time.monotonic() < deadline:
+            time.sleep(0.05)  # in-flight requests drain inside the engine
+        if self._calls is not None:
+            self._calls.shutdown(wait=False, cancel_futures=True)
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -138,6 +156,65 @@ class EngineWorker:
 
     # ---- worker thread -----------------------------------------------------------------
     def _run(self) -> None:
+        if self.continuous:
+            self._run_continuous()
+        else:
+            self._run_batches()
+
+    def _run_continuous(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if job.future.cancelled():
+                continue
+            if job.call is not None:
+                assert self._calls is not None
+                self._calls.submit(self._run_call, job)
+                continue
+            while not self._slots.acquire(timeout=0.1):  # wait for room in the engine
+                if self._stop.is_set():
+                    _resolve(job, error=WorkerStopped("server is shutting down"))
+                    return
+            self._dispatch(job)
+
+    def _dispatch(self, job: _Job) -> None:
+        req = job.request
+        assert req is not None
+        if job.future.cancelled() or req.cancelled.is_set():
+            self._slots.release()
+            _resolve(job, _cancelled_result(req))
+            return
+        with self._live_lock:
+            self._live.add(req.request_id)
+        try:
+            fut = self.engine.submit(req)  # type: ignore[attr-defined]
+        except Exception as exc:  # e.g. a prompt the engine refuses
+            self._settle(job, None, exc)
+            return
+        fut.add_done_callback(functools.partial(self._settled, job))
+
+    def _settled(self, job: _Job, fut: concurrent.futures.Future[GenerationResult]) -> None:
+        assert job.request is not None
+        if fut.cancelled():
+            self._settle(job, _cancelled_result(job.request), None)
+        elif fut.exception() is not None:
+            self._settle(job, None, fut.exception())
+        else:
+            self._settle(job, fut.result(), None)
+
+    def _settle(self, job: _Job, result: GenerationResult | None, error: BaseException | None) -> None:
+        assert job.request is not None
+        if error is not None:
+            log.error("generation failed: %s", error, extra={"request_id": job.request.request_id})
+        with self._live_lock:  # leave the live set before waking the caller (see _run_batch)
+            self._live.discard(job.request.request_id)
+        self._slots.release()
+        self.batches += 1
+        _resolve(job, result, error)
+
+    def _run_batches(self) -> None:
         deferred: deque[_Job] = deque()
         while not self._stop.is_set():
             if deferred:
