@@ -382,6 +382,56 @@ def breakdown(model: str, out: Path, levels: list[int], max_tokens: int) -> dict
     return payload
 
 
+def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, per_level: int) -> dict[str, Any]:
+    """The headline ratios with drift removed: stock vLLM (async scheduling), the full glue engine
+    and a steering-only engine (steerable architecture, no LA pairing, async scheduling) live side by
+    side on the GPU, and the workloads run in alternation, ``rounds`` times each."""
+    texts = prompts(40)
+    la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
+    common: dict[str, Any] = {"gpu_memory_utilization": 0.28, "cudagraph_sizes": CUDAGRAPH_SIZES}
+    engines = {"stock": VLLMEngine(model, VLLMSettings(glue=False, **common)),
+               "glue": VLLMEngine(model, VLLMSettings(**common)),
+               "steer-only": VLLMEngine(model, VLLMSettings(pairing=False, **common))}
+    steer = steering_vectors(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
+    workloads = [("stock vLLM (async)", "stock", None, ()), ("glue: plain", "glue", None, ()),
+                 ("glue: steering", "glue", None, steer), ("glue: LA", "glue", la, ()),
+                 ("glue: LA+steering", "glue", la, steer), ("steer-only engine (async): plain", "steer-only", None, ()),
+                 ("steer-only engine (async): steering", "steer-only", None, steer)]
+    runs: dict[str, list[dict[str, float]]] = {w[0]: [] for w in workloads}
+    for rnd in range(rounds + 1):  # round 0 warms every engine and workload up
+        for name, key, v_la, vecs in workloads:
+            def make(i: int, cb: Any, v_la: Any = v_la, vecs: Any = vecs) -> GenerationRequest:
+                return request(i, texts[i % len(texts)], max_tokens, v_la, vecs, ignore_eos=True,
+                               on_token=lambda ev: cb(ev))
+            eng = engines[key]
+            s = eng.call(_vllm_level(eng, make, conc, per_level if rnd else 2 * conc))
+            if rnd:
+                runs[name].append(s)
+                print(f"round {rnd} {name:38s} {s['tok_s']:9.1f} tok/s itl p50 {s['itl_p50_ms']:.2f} ms", flush=True)
+    for eng in engines.values():
+        eng.close()
+    free_gpu()
+    summary = {name: {"tok_s_median": statistics.median(r["tok_s"] for r in rs),
+                      "tok_s_min": min(r["tok_s"] for r in rs), "tok_s_max": max(r["tok_s"] for r in rs),
+                      "itl_p50_ms": statistics.median(r["itl_p50_ms"] for r in rs),
+                      "itl_p99_ms": statistics.median(r["itl_p99_ms"] for r in rs),
+                      "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs)} for name, rs in runs.items()}
+    base = summary["stock vLLM (async)"]["tok_s_median"]
+    md = [f"# Interleaved throughput — {device_name()}, 0.5B bf16, concurrency {conc}, {per_level} requests × "
+          f"{max_tokens} tokens (EOS ignored) per run, {rounds} alternating rounds after a warm-up round; the "
+          "three engines share the GPU\n",
+          "| workload | tok/s (median) | min–max | vs stock | ITL p50 ms | ITL p99 ms | TTFT p50 ms |",
+          "|---|---|---|---|---|---|---|"]
+    for name, v in summary.items():
+        md.append(f"| {name} | {v['tok_s_median']:.0f} | {v['tok_s_min']:.0f}–{v['tok_s_max']:.0f} | "
+                  f"{v['tok_s_median'] / base:.2f}x | {v['itl_p50_ms']:.2f} | {v['itl_p99_ms']:.2f} | "
+                  f"{v['ttft_p50_ms']:.1f} |")
+    payload = {"device": device_name(), "concurrency": conc, "max_tokens": max_tokens, "requests_per_run": per_level,
+               "rounds": rounds, "summary": summary, "runs": runs, "command": " ".join(sys.argv)}
+    write(out, f"vllm_interleaved_{slug()}", payload, "\n".join(md) + "\n")
+    return payload
+
+
 def slug() -> str:
     name = device_name().lower()
     return "h100" if "h100" in name else "h200" if "h200" in name else name.replace(" ", "_")
@@ -398,6 +448,9 @@ def main() -> None:
     ap.add_argument("--stress-blocks", type=int, default=256, help="KV blocks of 16 tokens in the stress run")
     ap.add_argument("--levels", default="1,8,64")
     ap.add_argument("--breakdown-levels", default="8,64")
+    ap.add_argument("--il-concurrency", type=int, default=64)
+    ap.add_argument("--il-rounds", type=int, default=3)
+    ap.add_argument("--il-requests", type=int, default=768, help="requests per interleaved run")
     ap.add_argument("--tp-tokens", type=int, default=128, help="output tokens per request, throughput run")
     a = ap.parse_args()
     phases = a.phases.split(",")
@@ -409,6 +462,8 @@ def main() -> None:
         stress(a.model, a.out, a.stress_requests, a.stress_blocks)
     if "throughput" in phases:
         throughput(a.model, a.out, [int(x) for x in a.levels.split(",")], a.tp_tokens)
+    if "interleaved" in phases:
+        interleaved(a.model, a.out, a.il_concurrency, a.tp_tokens, a.il_rounds, a.il_requests)
     if "breakdown" in phases:
         breakdown(a.model, a.out, [int(x) for x in a.breakdown_levels.split(",")], a.tp_tokens)
 

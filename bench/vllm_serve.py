@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     proc = start_server(["--backend", "vllm", "--model", args.model, "--db-url", f"sqlite:///{db}",
                          "--max-num-seqs", "256", "--max-queue", "256", "--max-model-len", "4096"], args.port, log)
     res: dict[str, Any] = {"device": device_name(), "model": args.model, "loads": {},
-                           "command": "python bench/vllm_serve.py " + " ".join(sys.argv[2:]),
+                           "command": "python bench/vllm_serve.py " + " ".join(sys.argv[1:]),
                            "prepare": "python bench/vllm_serve.py prepare --db DB"}
     checks = Checks()
     try:

@@ -120,9 +120,9 @@ def linear_alignment_step(
         return torch.tensor(values, dtype=torch.float32, device=dev)
 
     fixed = col([c.strength for c in configs])
-    adaptive = torch.tensor([c.adaptive for c in configs], device=dev)
     strength = fixed
-    if bool(adaptive.any()):
+    if any(c.adaptive for c in configs):  # decided on the host: no device sync per step
+        adaptive = torch.tensor([c.adaptive for c in configs], device=dev)
         r_adapt = adaptive_strength(
             l_in, l_out, col([c.kl_budget for c in configs]), col([c.max_strength for c in configs])
         )

@@ -77,7 +77,10 @@ class _RunnerSteering:
         width = max(total, self.dirty)
         self.host[:width] = 0
         self.host[:total] = torch.from_numpy(idx)
-        self.index[:width].copy_(self.host[:width])
+        # Asynchronous from pinned memory: a blocking copy would stall the CPU on the GPU every
+        # step. Safe to reuse ``host`` next step: _prepare_inputs runs inside the runner's
+        # synchronize_input_prep(), which waits for the previous step's input copies.
+        self.index[:width].copy_(self.host[:width], non_blocking=True)
         self.dirty = total if any_steered else 0
 
 
