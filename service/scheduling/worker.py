@@ -161,13 +161,21 @@ class EngineWorker:
         else:
             self._run_batches()
 
+    def _next_job(self, deferred: deque[_Job]) -> _Job | None:
+        """The next live job (deferred calls first), or None after a short idle wait."""
+        if deferred:
+            return deferred.popleft()
+        try:
+            job = self._queue.get(timeout=0.1)
+        except queue.Empty:
+            return None
+        return None if job.future.cancelled() else job
+
     def _run_continuous(self) -> None:
+        none: deque[_Job] = deque()
         while not self._stop.is_set():
-            try:
-                job = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if job.future.cancelled():
+            job = self._next_job(none)
+            if job is None:
                 continue
             if job.call is not None:
                 assert self._calls is not None
@@ -217,14 +225,8 @@ class EngineWorker:
     def _run_batches(self) -> None:
         deferred: deque[_Job] = deque()
         while not self._stop.is_set():
-            if deferred:
-                job = deferred.popleft()
-            else:
-                try:
-                    job = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-            if job.future.cancelled():
+            job = self._next_job(deferred)
+            if job is None or job.future.cancelled():
                 continue
             if job.call is not None:
                 self._run_call(job)
