@@ -26,11 +26,13 @@ from pathlib import Path
 
 import torch
 
-from service.config import EMBEDDED_MODEL, default_home
+from service.config import EMBEDDED_MODEL, Settings, default_home
 from service.engines.transformers_engine import TransformersEngine
 from service.models.provision import resolve_model
 from service.reward.activation_rm import CompileSettings, LabelledExample, compile_activation_rm
+from service.reward.factory import resolve_reward_model
 from service.reward.judge import judge_conversation
+from service.reward.reward_model import TransformersRewardModel, rm_conversation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,6 +113,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--num-heads", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reward-model", default="embedded",
+                    help="English RM row: as `alignserve serve --reward-model` (none to skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
 
@@ -127,13 +131,14 @@ def main() -> None:
           flush=True)
 
     # test conversations: per item the plain right/wrong answers and the four dressed-up wrong ones
-    convs, index = [], {}
+    convs, rm_convs, index = [], [], {}
     for i, it in enumerate(test):
         variants = {"right": plain(it.right), "wrong": plain(it.wrong)}
         variants.update({b: dressed(it.wrong, b, rng) for b in BIASES})
         for key, text in variants.items():
             index[(i, key)] = len(convs)
             convs.append(judge_conversation(it.question, text, RUBRIC))
+            rm_convs.append(rm_conversation(it.question, text))
 
     compiled = {}
     shape = (engine.num_layers, engine.num_heads, engine.head_dim, engine.max_model_len)
@@ -159,6 +164,17 @@ def main() -> None:
     p_yes = readout.yes_probability(options)
     readout.close()
     score_s = time.perf_counter() - t0
+    rm_name = None
+    if args.reward_model != "none":  # the English RM reads (question, answer); no rubric
+        resolved = resolve_reward_model(Settings(model=EMBEDDED_MODEL, reward_model=args.reward_model,
+                                                 home=default_home()))
+        if resolved is not None:
+            rm = TransformersRewardModel(resolved[0], device=args.device, dtype=args.dtype, max_length=2048)
+            rewards = torch.tensor(rm.rewards(rm_convs), dtype=p_yes.dtype)
+            rm.close()
+            rm_name = resolved[1]
+            names.append("reward_model")
+            p_yes = torch.cat([p_yes, rewards[None, :]])
 
     rows = []
     for k, name in enumerate(names):
@@ -168,7 +184,7 @@ def main() -> None:
             wins = [float(p_yes[k, index[(i, "right")]] > p_yes[k, index[(i, bad)]]) for i in range(len(test))]
             row[split] = sum(wins) / len(wins)
         row["probes"] = sum(float(row[b]) for b in BIASES) / len(BIASES)  # type: ignore[arg-type]
-        if name != "judge":
+        if name.startswith("activation_rm"):
             info = compiled[int(name.split("-")[1])].info
             row.update(heads=len(compiled[int(name.split("-")[1])].heads), compile_s=info["compile_s"],
                        train_zero_shot_accuracy=info["zero_shot_accuracy"],
@@ -180,7 +196,7 @@ def main() -> None:
     tag = "h100" if "H100" in device else engine.device.type
     result = {"device": device, "model": model_label, "dtype": str(engine.dtype), "command": cmd.strip(),
               "test_items": len(test), "pairs_per_split": len(test), "rubric": RUBRIC, "scoring_s": round(score_s, 1),
-              "english_reward_model": "not available yet (issue #5)", "rows": rows}
+              "english_reward_model": rm_name or "not run", "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"preference_hack_{tag}.json").write_text(json.dumps(result, indent=2))
     lines = [
@@ -194,7 +210,8 @@ def main() -> None:
         lines.append(f"| {r['scorer']} | " + " | ".join(f"{float(r[c]):.2f}"  # type: ignore[arg-type]
                                                       for c in ("ordinary", *BIASES, "probes"))
                      + f" | {r.get('heads', '–')} | {r.get('compile_s', '–')} |")
-    lines += ["", "English reward model: not available yet (issue #5); it will be added as a row."]
+    lines += ["", f"English reward model row: `{rm_name}` (the shipped Bradley-Terry head; trained on "
+              "hand-written pairs, none of them from facts.json)." if rm_name else "English reward model: not run."]
     (args.out / f"preference_hack_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -48,7 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "max_batch_size": args.max_batch_size,
         "max_queue": args.max_queue, "max_num_seqs": args.max_num_seqs,
         "gpu_memory_utilization": args.gpu_memory_utilization, "request_timeout_s": args.request_timeout,
-        "log_format": args.log_format,
+        "log_format": args.log_format, "reward_model": args.reward_model,
+        "reward_gpu_memory_utilization": args.reward_gpu_memory_utilization,
     })
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, drain_s=args.drain_timeout)
@@ -179,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vllm backend: requests in continuous batching at once (default 256)")
     serve.add_argument("--gpu-memory-utilization", type=float,
                        help="vllm backend: share of GPU memory for weights and KV cache (default 0.85)")
+    serve.add_argument("--reward-model",
+                       help="English RM for /score method 'reward_model': auto (default: the shipped head when "
+                       "serving the embedded model), none, embedded, or a folder/hub id of an HF "
+                       "sequence-classification RM with one label")
+    serve.add_argument("--reward-gpu-memory-utilization", type=float,
+                       help="vllm backend: the reward model's share of GPU memory (default 0.1)")
     serve.add_argument("--request-timeout", type=float, help="seconds per request before 504 (default 300)")
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish work on SIGTERM")
     serve.add_argument("--log-format", choices=["json", "text"], help="structured JSON lines (default) or text")

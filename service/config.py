@@ -41,6 +41,13 @@ class Settings(BaseSettings):
                               "(an LA request decodes two sequences)")
     gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98,
                                           description="vLLM: share of GPU memory for weights + KV cache")
+    reward_model: str = Field(
+        "auto", description="English reward model for /score method 'reward_model': auto (the shipped "
+        "head when serving the embedded model), none, embedded, or a folder/hub id of an HF "
+        "sequence-classification RM with one label")
+    reward_gpu_memory_utilization: float = Field(
+        0.1, gt=0.0, le=0.9, description="vLLM: the reward model's share of GPU memory (added to "
+        "--gpu-memory-utilization; both together at most 0.98)")
     request_timeout_s: float = Field(300.0, gt=0)
     max_jobs: int = Field(16, ge=1, description="profile-compilation jobs queued or running before 429")
     max_body_bytes: int = Field(1_000_000, ge=1024)

@@ -121,3 +121,28 @@ def test_activation_rm_profile_moves_scores_and_generations_toward_french(engine
     off, on = french_share(0.0), french_share(STEER_STRENGTH)
     print(f"French answers: steering off {off:.2f} -> strength {STEER_STRENGTH} {on:.2f}")
     assert on > off
+
+
+def test_shipped_reward_model_prefers_the_chosen_response_in_english_and_japanese(real_model_dir: Path) -> None:
+    """The shipped English RM, assembled and loaded the way `serve` does, on held-out pairs."""
+    import json
+
+    from service.config import EMBEDDED_MODEL, Settings
+    from service.reward.factory import resolve_reward_model
+    from service.reward.reward_model import TransformersRewardModel, rm_conversation
+
+    from .conftest import REAL_MODEL_HOME
+
+    resolved = resolve_reward_model(Settings(model=EMBEDDED_MODEL, reward_model="auto", home=REAL_MODEL_HOME))
+    assert resolved is not None
+    rm = TransformersRewardModel(resolved[0], device="cpu", dtype="float32", max_length=2048)
+    data = Path(__file__).resolve().parents[1] / "bench" / "data" / "cross_lingual_pairs.json"
+    items = [it for it in json.loads(data.read_text())["items"]
+             if it["category"] in ("harmlessness", "helpfulness", "relevance", "tone")]
+    for lang in ("en", "ja"):
+        chosen = rm.rewards([rm_conversation(it[lang][0], it[lang][1]) for it in items])
+        rejected = rm.rewards([rm_conversation(it[lang][0], it[lang][2]) for it in items])
+        acc = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(items)
+        print(f"{lang}: {acc:.2f} on {len(items)} held-out pairs")
+        assert acc >= 0.8
+    rm.close()

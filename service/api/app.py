@@ -12,17 +12,19 @@ from ..engines.factory import build_engine
 from ..language.fidelity import LanguageDetector
 from ..metrics.prometheus import Metrics
 from ..reward import Scorer, default_scorers
+from ..reward.factory import build_reward_model
 from ..store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
 from ..store.jobs import JobStore
 from ..store.profiles import ProfileStore
 from . import routes_generate, routes_health, routes_profiles, routes_score
 from .errors import install_error_handlers
 from .middleware import ObserveMiddleware
-from .services import EngineFactory, Services
+from .services import EngineFactory, RewardFactory, Services
 
 
 def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None,
-               scorers: dict[str, Scorer] | None = None, drain_s: float = 30.0) -> FastAPI:
+               scorers: dict[str, Scorer] | None = None, drain_s: float = 30.0,
+               reward_factory: RewardFactory | None = build_reward_model) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -32,7 +34,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
         services = Services(
             settings=settings, store=store, metrics=Metrics(),
             scorers=scorers or default_scorers(), engine_factory=engine_factory or build_engine,
-            keys=keys, verifier=KeyVerifier(keys), language=LanguageDetector(),
+            reward_factory=reward_factory, keys=keys, verifier=KeyVerifier(keys), language=LanguageDetector(),
             jobs=JobStore(store.engine, settings.max_jobs),
             limiter=RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None,
         )

@@ -19,8 +19,12 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz")
 def readyz(services: Services = Depends(get_services)) -> JSONResponse:
     if services.worker is not None and services.engine is not None:
-        return JSONResponse({"status": "ready", "model": services.engine.model_name,
-                             "backend": services.engine.backend})
+        rm = services.reward_model.name if services.reward_model is not None else None
+        body = {"model": services.engine.model_name, "backend": services.engine.backend,
+                "reward_model": rm, "reward_model_state": services.reward_state}
+        if services.reward_state == "loading":  # configured features all work before traffic comes
+            return JSONResponse({"status": "loading", **body}, status_code=503)
+        return JSONResponse({"status": "ready", **body})
     if services.load_error:
         return JSONResponse({"status": "failed", "error": services.load_error}, status_code=503)
     return JSONResponse({"status": "loading"}, status_code=503)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..reward.judge import rubric_for
+from ..reward.reward_model import RewardModelRunner, rm_conversation
 from ..scheduling.worker import Overloaded, WorkerStopped
 from .auth import require
 from .errors import ApiError
@@ -22,6 +24,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in
 
 @router.post("/score", response_model=ScoreResponse, responses=_ERRORS, dependencies=[Depends(require("score"))])
 async def score(body: ScoreRequest, request: Request, services: Services = Depends(get_services)) -> ScoreResponse:
+    if body.method == "reward_model":
+        scores, rm = await _reward_model_scores(body, services)
+        return _answer(services, body, scores, rubric=None, model=rm.name, profile=None)
     worker, engine = ready_worker(services)
     resolved = await run_in_threadpool(resolve_profile, services, request, body.profile)
     spec, label, compiled = resolved.spec, resolved.label, resolved.compiled
@@ -45,11 +50,56 @@ async def score(body: ScoreRequest, request: Request, services: Services = Depen
             from None
     except WorkerStopped as exc:
         raise ApiError(503, "shutting_down", str(exc)) from None
+    scores = await _wait(fut, services)
+    return _answer(services, body, scores, rubric=rubric, model=None, profile=label)
+
+
+def _ready_reward_model(services: Services) -> RewardModelRunner:
+    if services.reward_model is not None:
+        return services.reward_model
+    state = services.reward_state
+    if state == "loading":
+        raise ApiError(503, "reward_model_loading", "the reward model is still loading", headers={"Retry-After": "5"})
+    if state.startswith("failed"):
+        raise ApiError(503, "reward_model_unavailable", f"the reward model {state}")
+    raise ApiError(422, "no_reward_model", "no reward model is configured on this server (start it with "
+                   "--reward-model embedded or a folder/hub id of a sequence-classification RM)")
+
+
+async def _reward_model_scores(body: ScoreRequest, services: Services) -> tuple[list[float], RewardModelRunner]:
+    if body.profile is not None or body.rubric is not None:
+        raise ApiError(422, "not_applicable", "method 'reward_model' takes neither a rubric nor a profile")
+    rm = _ready_reward_model(services)
+    conversations = [rm_conversation(body.prompt, r) for r in body.responses]
+    longest = max(conversations, key=lambda c: len(c[1]["content"]))
+    n = await run_in_threadpool(rm.count_tokens, longest)
+    if n > rm.max_length:
+        raise ApiError(413, "prompt_too_long", f"prompt plus the longest response is {n} tokens; the reward "
+                       f"model reads {rm.max_length}")
     try:
-        scores = await asyncio.wait_for(fut, timeout=services.settings.request_timeout_s)
+        fut = rm.submit(conversations)
+    except Overloaded as exc:
+        raise ApiError(429, "overloaded", f"reward model is busy ({exc}); retry later",
+                       headers={"Retry-After": "2"}) from None
+    return await _wait(fut, services), rm
+
+
+async def _wait(fut: asyncio.Future[list[float]] | concurrent.futures.Future[list[float]],
+                services: Services) -> list[float]:
+    waitable = asyncio.wrap_future(fut) if isinstance(fut, concurrent.futures.Future) else fut
+    try:
+        return await asyncio.wait_for(waitable, timeout=services.settings.request_timeout_s)
     except TimeoutError:
         raise ApiError(504, "timeout", "scoring timed out") from None
+
+
+def _answer(services: Services, body: ScoreRequest, scores: list[float], rubric: str | None, model: str | None,
+            profile: str | None) -> ScoreResponse:
     for s in scores:
-        services.metrics.scores.labels(body.method).observe(s)
+        if body.method == "reward_model":
+            services.metrics.rewards.observe(s)
+        else:
+            services.metrics.scores.labels(body.method).observe(s)
     ranking = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return ScoreResponse(method=body.method, rubric=rubric, scores=scores, ranking=ranking, profile=label)
+    return ScoreResponse(method=body.method, rubric=rubric, model=model, scores=scores, ranking=ranking,
+                         profile=profile)

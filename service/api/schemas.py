@@ -229,9 +229,10 @@ class GenerateResponse(BaseModel):
 class ScoreRequest(Strict):
     prompt: str = Field(..., min_length=1, max_length=MAX_TEXT)
     responses: list[str] = Field(..., min_length=1, max_length=64)
-    method: Literal["judge", "activation_rm"] = Field(
+    method: Literal["judge", "activation_rm", "reward_model"] = Field(
         "judge", description="'judge': P(Yes) to the rubric; 'activation_rm': the same with a compiled "
-        "profile's heads patched (needs a stored profile)")
+        "profile's heads patched (needs a stored profile); 'reward_model': the English reward model's "
+        "scalar reward (any language; rubric and profile do not apply)")
     rubric: str | None = Field(None, max_length=MAX_PRINCIPLE)
     profile: str | ProfileSpec | None = None
 
@@ -245,7 +246,8 @@ class ScoreRequest(Strict):
 
 class ScoreResponse(BaseModel):
     method: str
-    rubric: str
+    rubric: str | None = Field(None, description="the judge's question (judge and activation_rm)")
+    model: str | None = Field(None, description="the reward model that scored (reward_model)")
     scores: list[float]
     ranking: list[int] = Field(..., description="indices of responses, best first")
     profile: str | None = None

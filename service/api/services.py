@@ -15,6 +15,7 @@ from ..jobs.runner import JobRunner
 from ..language.fidelity import LanguageDetector
 from ..metrics.prometheus import Metrics
 from ..reward import Scorer
+from ..reward.reward_model import RewardModelRunner
 from ..scheduling.worker import EngineWorker
 from ..store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
 from ..store.jobs import JobStore
@@ -24,6 +25,7 @@ from .errors import ApiError
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Settings], Engine]
+RewardFactory = Callable[[Settings], RewardModelRunner | None]
 
 
 @dataclass
@@ -37,11 +39,14 @@ class Services:
     language: LanguageDetector
     verifier: KeyVerifier
     jobs: JobStore
+    reward_factory: RewardFactory | None = None
     limiter: RateLimiter | None = None
     worker: EngineWorker | None = None
     runner: JobRunner | None = None
     engine: Engine | None = None
     load_error: str | None = None
+    reward_model: RewardModelRunner | None = None
+    reward_state: str = "loading"  # loading, ready, none (not configured), failed: <why>
     _loader: threading.Thread | None = field(default=None, repr=False)
 
     def start_loading(self) -> None:
@@ -67,7 +72,24 @@ class Services:
             log.info("model ready", extra={"model": engine.model_name, "backend": engine.backend})
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
+            self.reward_state = "none"
             log.exception("model failed to load")
+            return
+        self._load_reward_model()
+
+    def _load_reward_model(self) -> None:
+        """After the generator (on vLLM it must claim its GPU share first). A reward model that fails
+        to load leaves the server serving everything else; /readyz and /score say why."""
+        try:
+            rm = self.reward_factory(self.settings) if self.reward_factory is not None else None
+        except Exception as exc:
+            self.reward_state = f"failed: {type(exc).__name__}: {exc}"
+            log.exception("reward model failed to load")
+            return
+        self.reward_model = rm
+        self.reward_state = "ready" if rm is not None else "none"
+        if rm is not None:
+            log.info("reward model ready", extra={"model": rm.name})
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         if self._loader is not None:
@@ -83,6 +105,8 @@ class Services:
             self.worker.stop(timeout=drain_s)
         if self.engine is not None:
             self.engine.close()
+        if self.reward_model is not None:
+            self.reward_model.close()
         self.metrics.model_ready.set(0)
         self.store.close()
 

@@ -17,6 +17,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80,
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 STRENGTH_BUCKETS = (0.0, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 10, 20, 50, 100)
 SCORE_BUCKETS = tuple(i / 10 for i in range(11))
+REWARD_BUCKETS = tuple(float(x) for x in range(-10, 11))  # reward-model logits are unbounded
 
 
 def _cuda_allocated() -> float:
@@ -80,6 +81,8 @@ class Metrics:
                                      ["mode"], buckets=STRENGTH_BUCKETS, registry=r)
         self.scores = Histogram("alignserve_score", "Scores returned by /score", ["method"],
                                 buckets=SCORE_BUCKETS, registry=r)
+        self.rewards = Histogram("alignserve_reward_model_score", "Rewards returned by /score method "
+                                 "reward_model (the RM's scalar logit)", buckets=REWARD_BUCKETS, registry=r)
         self.queue_depth = Gauge("alignserve_queue_depth", "Requests waiting for the engine", registry=r)
         self.in_flight = Gauge("alignserve_requests_in_flight", "Requests being handled", ["route"], registry=r)
         self.engine_live = Gauge("alignserve_engine_live_requests", "Requests the engine is decoding now",
