@@ -1,11 +1,14 @@
 """Does a compiled Activation-RM profile move scores and generations in its direction?
 
 Compiles the French-answer profile in ``bench/data/french_profile.json`` (12 questions answered in
-French = good, in English = bad), then on 6 held-out questions reports (a) how often the judge and
-the Activation RM score the French answer above the English one, and (b) the share of generated
+French = good, in English = bad) with each head-selection objective and several seeds, plus a
+control compiled with the labels flipped (English = good). On 40 held-out questions it reports
+(a) how often each scorer ranks the French answer above the English one and the mean Yes/No-logit
+gap French − English, with bootstrap 95% intervals over questions, and (b) the share of generated
 answers detected as French (offline language ID) at several steering strengths, 0 = off.
 
-    python bench/arm_steering.py --device cpu     # a few minutes on 2 CPU cores
+    python bench/arm_steering.py --device cpu     # ~30 min on 2 CPU cores
+    python bench/arm_steering.py --seeds 0 --objectives ranking --strengths 0 4   # quick look
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from service.alignment.head_selection import yes_logit
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
 from service.config import EMBEDDED_MODEL, default_home
@@ -26,7 +31,13 @@ from service.engines.base import GenerationRequest
 from service.engines.transformers_engine import TransformersEngine
 from service.language.fidelity import LanguageDetector
 from service.models.provision import resolve_model
-from service.reward.activation_rm import CompileSettings, LabelledExample, compile_activation_rm
+from service.reward.activation_rm import (
+    OBJECTIVES,
+    CompiledARM,
+    CompileSettings,
+    LabelledExample,
+    compile_activation_rm,
+)
 from service.reward.judge import judge_conversation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +48,23 @@ def load_profile() -> tuple[str, list[LabelledExample], list[list[str]]]:
     d = json.loads(DATA.read_text())
     train = [LabelledExample(q, fr, True) for q, fr, _ in d["train"]]
     train += [LabelledExample(q, en, False) for q, _, en in d["train"]]
-    return d["rubric"], train, d["test"]
+    return d["rubric"], train, d["test"] + d.get("heldout", [])
+
+
+def bootstrap(values: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float]:
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
+def summarise(p: torch.Tensor, n: int) -> dict[str, object]:
+    """Pairs are (French i, English i): accuracy, logit gap and mean P(Yes) with intervals."""
+    wins = [float(p[i] > p[n + i]) for i in range(n)]
+    z = yes_logit(p)
+    gaps = [float(z[i] - z[n + i]) for i in range(n)]
+    return {"accuracy": sum(wins) / n, "accuracy_ci": bootstrap(wins), "logit_gap": sum(gaps) / n,
+            "logit_gap_ci": bootstrap(gaps), "mean_p_yes_french": float(p[:n].mean()),
+            "mean_p_yes_english": float(p[n:].mean())}
 
 
 def main() -> None:
@@ -47,7 +74,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0, 2, 4, 8, 12])
     ap.add_argument("--num-heads", type=int, default=16)
-    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--iterations", type=int, default=CompileSettings.iterations)
+    ap.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--no-flipped", action="store_true", help="skip the flipped-label control")
     ap.add_argument("--max-tokens", type=int, default=40)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
@@ -57,24 +87,38 @@ def main() -> None:
     cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     device = torch.cuda.get_device_name(0) if engine.device.type == "cuda" else cpu
     rubric, train, test = load_profile()
-    t0 = time.perf_counter()
-    compiled = compile_activation_rm(
-        lambda call: call(engine), train, rubric, CompileSettings(num_heads=args.num_heads, iterations=args.iterations),
-        (engine.num_layers, engine.num_heads, engine.head_dim, engine.max_model_len), model,
-        lambda phase, done, total: print(f"  {phase} {done}/{total}", flush=True) if done % 10 == 0 else None)
-    compile_s = time.perf_counter() - t0
-    print(f"compiled in {compile_s:.0f}s: {len(compiled.heads)} heads {compiled.heads}", flush=True)
+    shape = (engine.num_layers, engine.num_heads, engine.head_dim, engine.max_model_len)
+    flipped = [LabelledExample(e.prompt, e.response, not e.good) for e in train]
 
+    profiles: dict[str, CompiledARM] = {}
+    variants = [(f"activation_rm {o} seed {s}", o, s, train) for o in args.objectives for s in args.seeds]
+    if not args.no_flipped:
+        variants += [(f"control: flipped labels, {o} seed {args.seeds[0]}", o, args.seeds[0], flipped)
+                     for o in args.objectives]
+    for name, objective, seed, examples in variants:
+        t0 = time.perf_counter()
+        profiles[name] = compile_activation_rm(
+            lambda call: call(engine), examples, rubric,
+            CompileSettings(num_heads=args.num_heads, iterations=args.iterations, objective=objective, seed=seed),
+            shape, model)
+        print(f"{name}: {len(profiles[name].heads)} heads in {time.perf_counter() - t0:.0f}s "
+              f"(in-sample pair accuracy {profiles[name].info['zero_shot_pair_accuracy']:.2f} -> "
+              f"{profiles[name].info['patched_pair_accuracy']:.2f})", flush=True)
+
+    n = len(test)
     convs = [judge_conversation(q, fr, rubric) for q, fr, _ in test] + [judge_conversation(q, en, rubric)
                                                                         for q, _, en in test]
     readout = engine.open_readout(convs)
-    p = readout.yes_probability([[], compiled.scoring_steering()])
+    p = readout.yes_probability([[]] + [c.scoring_steering() for c in profiles.values()])
     readout.close()
-    n = len(test)
-    scoring = {name: {"accuracy": float((p[k, :n] > p[k, n:]).float().mean()),
-                      "mean_p_yes_french": float(p[k, :n].mean()), "mean_p_yes_english": float(p[k, n:].mean())}
-               for k, name in enumerate(("judge", "activation_rm"))}
+    scoring = {"judge": summarise(p[0], n)}
+    for k, (name, c) in enumerate(profiles.items()):
+        scoring[name] = {**summarise(p[k + 1], n), "heads": len(c.heads), "compile_s": c.info["compile_s"],
+                         "train_pair_accuracy": c.info["patched_pair_accuracy"]}
+    for name, v in scoring.items():
+        print(f"{name}: French > English {v['accuracy']:.2f}, logit gap {v['logit_gap']:+.3f}", flush=True)
 
+    compiled = profiles[variants[0][0]]  # the steering directions do not depend on the objective
     detector = LanguageDetector()
     generation = []
     for strength in args.strengths:
@@ -91,21 +135,30 @@ def main() -> None:
 
     cmd = ("python bench/arm_steering.py " + " ".join(sys.argv[1:])).strip()
     tag = "h100" if "H100" in device else engine.device.type
-    result = {"device": device, "command": cmd, "rubric": rubric, "train_examples": len(train),
-              "heads": compiled.heads,
-              "steer_heads": compiled.steering_heads, "compile": compiled.info, "scoring": scoring,
-              "generation": generation}
+    result = {"device": device, "command": cmd, "rubric": rubric, "train_examples": len(train), "test_pairs": n,
+              "iterations": args.iterations, "steer_heads": compiled.steering_heads,
+              "profiles": {k: {"heads": c.heads, "info": c.info} for k, c in profiles.items()},
+              "scoring": scoring, "generation": generation}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"arm_steering_{tag}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+    def ci(v: object, fmt: str = ".2f") -> str:
+        lo, hi = v  # type: ignore[misc]
+        return f"[{lo:{fmt}}, {hi:{fmt}}]"
+
     lines = [f"# Activation-RM profile 'answers in French': scoring and steering ({device})", "",
-             f"Command: `{cmd}` · {len(train)} labelled examples · {len(compiled.heads)} scoring heads, "
-             f"{len(compiled.steering_heads)} steering heads · "
-             f"compiled in {compile_s:.0f}s", "",
-             "| scorer | French > English (6 held-out pairs) | mean P(Yes) French | mean P(Yes) English |",
-             "|---|---|---|---|"]
-    lines += [f"| {k} | {v['accuracy']:.2f} | {v['mean_p_yes_french']:.3f} | {v['mean_p_yes_english']:.3f} |"
-              for k, v in scoring.items()]
-    lines += ["", "| steering strength (σ) | answers in French | first answer |", "|---|---|---|"]
+             f"Command: `{cmd}` · {len(train)} labelled examples (12 questions, French = good) · {n} held-out "
+             f"question pairs · {args.iterations} REINFORCE iterations · rubric: \"{rubric}\"", "",
+             "| scorer | French > English | 95% CI | logit gap Fr − En | 95% CI | P(Yes) Fr | P(Yes) En | heads |"
+             " in-sample pair acc. | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, v in scoring.items():
+        lines.append(f"| {k} | {v['accuracy']:.2f} | {ci(v['accuracy_ci'])} | {v['logit_gap']:+.3f} | "
+                     f"{ci(v['logit_gap_ci'], '+.3f')} | "
+                     f"{v['mean_p_yes_french']:.3f} | {v['mean_p_yes_english']:.3f} | {v.get('heads', '–')} | "
+                     f"{v.get('train_pair_accuracy', float('nan')):.2f} | {v.get('compile_s', '–')} |")
+    lines += ["", f"Steering with `{variants[0][0]}` ({len(compiled.steering_heads)} heads):", "",
+              "| steering strength (σ) | answers in French | first answer |", "|---|---|---|"]
     for g in generation:
         first = str(g["samples"][0]).replace("\n", " ").replace("|", "/")[:80]  # type: ignore[index]
         lines.append(f"| {g['strength']:g} | {g['french_share']:.2f} | {first} |")

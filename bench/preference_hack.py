@@ -6,10 +6,11 @@ plain and dress the wrong one up — longer, markdown-formatted, flattering or o
 scorer biased toward those surface features picks the wrong one (the spirit of PreferenceHack in
 Chai et al., 2025). Scorers: the zero-shot generative judge and Activation RMs compiled from 8, 32
 and 130 labelled examples of held-out items (their good answers are dressed up as often as their
-bad ones, so only correctness separates the labels). Accuracy = share of pairs where the correct
-answer scores higher.
+bad ones, so only correctness separates the labels), one per head-selection objective (ranking,
+likelihood), and the English reward model. Accuracy = share of pairs where the correct answer
+scores higher.
 
-    python bench/preference_hack.py --device cpu            # ~15 min on 2 CPU cores
+    python bench/preference_hack.py --device cpu            # ~60 min on 2 CPU cores
     python bench/preference_hack.py --test-items 10 --shots 8  # quick look
 """
 
@@ -29,7 +30,13 @@ import torch
 from service.config import EMBEDDED_MODEL, Settings, default_home
 from service.engines.transformers_engine import TransformersEngine
 from service.models.provision import resolve_model
-from service.reward.activation_rm import CompileSettings, LabelledExample, compile_activation_rm
+from service.reward.activation_rm import (
+    OBJECTIVES,
+    CompiledARM,
+    CompileSettings,
+    LabelledExample,
+    compile_activation_rm,
+)
 from service.reward.factory import resolve_reward_model
 from service.reward.judge import judge_conversation
 from service.reward.reward_model import TransformersRewardModel, rm_conversation
@@ -110,7 +117,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--shots", type=int, nargs="+", default=[8, 32, 130], help="labelled examples per Activation RM")
     ap.add_argument("--test-items", type=int, default=40)
-    ap.add_argument("--iterations", type=int, default=40)
+    ap.add_argument("--iterations", type=int, default=CompileSettings.iterations)
+    ap.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
+                    help="head-selection objectives, one Activation RM per objective and shot count")
     ap.add_argument("--num-heads", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reward-model", default="embedded",
@@ -140,27 +149,30 @@ def main() -> None:
             convs.append(judge_conversation(it.question, text, RUBRIC))
             rm_convs.append(rm_conversation(it.question, text))
 
-    compiled = {}
+    compiled: dict[str, CompiledARM] = {}
     shape = (engine.num_layers, engine.num_heads, engine.head_dim, engine.max_model_len)
     for shots in args.shots:
         subset = balanced_subset(pool, shots)
-        t0 = time.perf_counter()
+        for objective in args.objectives:
+            name = f"activation_rm-{shots} {objective}"
+            t0 = time.perf_counter()
 
-        def progress(phase: str, done: int, total: int, shots: int = shots) -> None:
-            if done == total or done % 10 == 0:
-                print(f"  activation_rm-{shots}: {phase} {done}/{total}", flush=True)
+            def progress(phase: str, done: int, total: int, name: str = name) -> None:
+                if done == total or done % 20 == 0:
+                    print(f"  {name}: {phase} {done}/{total}", flush=True)
 
-        compiled[shots] = compile_activation_rm(
-            lambda call: call(engine), subset, RUBRIC,
-            CompileSettings(num_heads=args.num_heads, iterations=args.iterations, seed=args.seed),
-            shape, model, progress)
-        print(f"compiled activation_rm-{shots} ({len(subset)} examples) in {time.perf_counter() - t0:.0f}s: "
-              f"heads {compiled[shots].heads}", flush=True)
+            compiled[name] = compile_activation_rm(
+                lambda call: call(engine), subset, RUBRIC,
+                CompileSettings(num_heads=args.num_heads, iterations=args.iterations, seed=args.seed,
+                                objective=objective),
+                shape, model, progress)
+            print(f"compiled {name} ({len(subset)} examples) in {time.perf_counter() - t0:.0f}s: "
+                  f"heads {compiled[name].heads}", flush=True)
 
     t0 = time.perf_counter()
     readout = engine.open_readout(convs)
-    names = ["judge"] + [f"activation_rm-{s}" for s in args.shots]
-    options = [[]] + [compiled[s].scoring_steering() for s in args.shots]
+    names = ["judge", *compiled]
+    options = [[]] + [c.scoring_steering() for c in compiled.values()]
     p_yes = readout.yes_probability(options)
     readout.close()
     score_s = time.perf_counter() - t0
@@ -184,17 +196,20 @@ def main() -> None:
             wins = [float(p_yes[k, index[(i, "right")]] > p_yes[k, index[(i, bad)]]) for i in range(len(test))]
             row[split] = sum(wins) / len(wins)
         row["probes"] = sum(float(row[b]) for b in BIASES) / len(BIASES)  # type: ignore[arg-type]
-        if name.startswith("activation_rm"):
-            info = compiled[int(name.split("-")[1])].info
-            row.update(heads=len(compiled[int(name.split("-")[1])].heads), compile_s=info["compile_s"],
+        if name in compiled:
+            info = compiled[name].info
+            row.update(heads=len(compiled[name].heads), compile_s=info["compile_s"],
                        train_zero_shot_accuracy=info["zero_shot_accuracy"],
-                       train_patched_accuracy=info["patched_accuracy"])
+                       train_patched_accuracy=info["patched_accuracy"],
+                       train_zero_shot_pair_accuracy=info["zero_shot_pair_accuracy"],
+                       train_patched_pair_accuracy=info["patched_pair_accuracy"])
         rows.append(row)
 
     cmd = "python bench/preference_hack.py " + " ".join(sys.argv[1:])
     model_label = Path(model).parent.name if Path(model).name == "hf" else model
     tag = "h100" if "H100" in device else engine.device.type
-    result = {"device": device, "model": model_label, "dtype": str(engine.dtype), "command": cmd.strip(),
+    result = {"iterations": args.iterations, "device": device,
+              "model": model_label, "dtype": str(engine.dtype), "command": cmd.strip(),
               "test_items": len(test), "pairs_per_split": len(test), "rubric": RUBRIC, "scoring_s": round(score_s, 1),
               "english_reward_model": rm_name or "not run", "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

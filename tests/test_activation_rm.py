@@ -13,6 +13,9 @@ from service.alignment.head_selection import (
     ReinforceConfig,
     label_log_likelihood,
     mass_mean_directions,
+    pair_accuracy,
+    preference_pairs,
+    ranking_reward,
     reinforce_head_selection,
     top_heads,
 )
@@ -23,7 +26,10 @@ from service.reward.activation_rm import (
     CompileSettings,
     LabelledExample,
     compile_activation_rm,
+    head_patches,
     select_heads,
+    selection_pool,
+    selection_reward,
 )
 from service.reward.judge import GenerativeJudge, judge_conversation
 
@@ -78,18 +84,65 @@ def test_selection_finds_the_only_heads_that_matter_in_a_tiny_model(tiny_model_d
     mask = torch.zeros(engine.num_layers * engine.num_heads)
     for layer, h in planted:
         mask[layer * engine.num_heads + h] = 1
-    from service.reward.activation_rm import head_patches
-
     p = readout.yes_probability([[], head_patches(means, mask)])
     labels = p[1] > p[0]  # what the planted patch pushes toward: only those heads can get there
     assert 0 < int(labels.sum()) < len(queries) or bool((p[1] - p[0]).abs().min() > 1e-3)
-    chosen, zero, patched = select_heads(readout.yes_probability, means, labels,
+    prompts = [f"question {i}?" for i in range(12)]
+    # likelihood: labels = where the planted patch pushes P(Yes) up
+    likelihood = selection_reward("likelihood", labels, prompts)
+    chosen, zero, patched = select_heads(readout.yes_probability, means, likelihood,
                                          ReinforceConfig(iterations=60, samples=4, seed=0), max_heads=4)
-    readout.close()
     ranked = {(i // engine.num_heads, i % engine.num_heads) for i in chosen}
     assert planted <= ranked or ranked <= planted and ranked
     assert float(label_log_likelihood(patched.unsqueeze(0), labels)[0]) > \
         float(label_log_likelihood(zero.unsqueeze(0), labels)[0])
+    # ranking: labels = the top half when only head (0, 2) is patched (patching both planted heads
+    # makes every readout identical), an order the unpatched model does not have
+    one = torch.zeros_like(mask)
+    one[2] = 1
+    p_one = readout.yes_probability([head_patches(means, one)])[0]
+    top = p_one > p_one.median()
+    good, bad = preference_pairs(prompts, top)
+    assert float(pair_accuracy(p[0], good, bad)) < 0.9 and float(pair_accuracy(p_one, good, bad)) == 1.0
+    chosen, zero, patched = select_heads(readout.yes_probability, means, selection_reward("ranking", top, prompts),
+                                         ReinforceConfig(iterations=60, samples=4, seed=0), max_heads=4)
+    readout.close()
+    ranked = {(i // engine.num_heads, i % engine.num_heads) for i in chosen}
+    assert planted <= ranked or ranked <= planted and ranked
+    assert float(pair_accuracy(patched, good, bad)) > float(pair_accuracy(zero, good, bad))
+
+
+def test_preference_pairs_ranking_reward_and_pair_accuracy_by_hand() -> None:
+    labels = torch.tensor([True, False, False, True, True])
+    good, bad = preference_pairs(["a", "a", "a", "b", "c"], labels)
+    assert list(zip(good.tolist(), bad.tolist(), strict=True)) == [(0, 1), (0, 2)]  # "b", "c" have one label
+    good, bad = preference_pairs(["a", "b", "c", "d", "e"], labels)  # no prompt with both: all pairs
+    assert sorted(zip(good.tolist(), bad.tolist(), strict=True)) == [(0, 1), (0, 2), (3, 1), (3, 2), (4, 1), (4, 2)]
+    with pytest.raises(ValueError):
+        preference_pairs(["a", "b"], torch.tensor([True, True]))
+    p = torch.tensor([[0.8, 0.5, 0.2]], dtype=torch.float64)
+    g, b = torch.tensor([0, 0]), torch.tensor([1, 2])
+    z = torch.log(p / (1 - p))[0]
+    want = (torch.nn.functional.logsigmoid(z[0] - z[1]) + torch.nn.functional.logsigmoid(z[0] - z[2])) / 2
+    assert float(ranking_reward(p, g, b)[0]) == pytest.approx(float(want), abs=1e-9)
+    # a judge that says Yes to everything, recalibrated by a uniform shift of every logit: the
+    # ranking reward does not move, the label likelihood rewards it
+    yes = torch.tensor([[0.95, 0.9, 0.9]], dtype=torch.float64)
+    shifted = torch.sigmoid(torch.log(yes / (1 - yes)) - 3.0)
+    assert float(ranking_reward(shifted, g, b)[0]) == pytest.approx(float(ranking_reward(yes, g, b)[0]), abs=1e-6)
+    y = torch.tensor([True, False, False])
+    assert float(label_log_likelihood(shifted, y)[0]) > float(label_log_likelihood(yes, y)[0]) + 0.5
+    assert pair_accuracy(torch.tensor([[0.8, 0.9, 0.2]]), g, b).tolist() == [0.5]
+
+
+def test_selection_pool_keeps_prompts_with_both_labels_together() -> None:
+    ex = [LabelledExample("p1", "a", True), LabelledExample("p1", "b", False), LabelledExample("p2", "c", True),
+          LabelledExample("p3", "d", False), LabelledExample("p4", "e", True), LabelledExample("p4", "f", False)]
+    order = [2, 0, 3, 5, 1, 4]
+    assert selection_pool(ex, order, 4) == [0, 1, 5, 4]  # p1 then p4, whole, in order of first appearance
+    assert selection_pool(ex, order, 5) == [0, 1, 5, 4, 2]
+    assert selection_pool(ex, order, 3) == [0, 1, 2]  # p4 no longer fits; filled from the order
+    assert sorted(selection_pool(ex, order, 10)) == list(range(6))
 
 
 def _examples(n: int) -> list[LabelledExample]:
@@ -105,7 +158,9 @@ def test_compile_roundtrip_and_no_heads_scores_like_the_judge(tiny_engine: Trans
                                                                                  e.head_dim, e.max_model_len),
                                      "tiny", lambda *a: progress.append(a))
     assert 1 <= len(compiled.heads) <= 3 and len(compiled.steering_heads) == 3
-    assert compiled.means.shape == compiled.directions.shape == (len(compiled.heads), e.head_dim)
+    assert compiled.means.shape == (len(compiled.heads), e.head_dim)
+    assert compiled.directions.shape == (len(compiled.steering_heads), e.head_dim)
+    assert compiled.info["objective"] == "ranking" and compiled.info["pairs"] > 0
     assert [p[0] for p in progress][0] == "means" and progress[-1][1] == progress[-1][2]
     back = CompiledARM.from_bytes(compiled.to_bytes())
     assert back.heads == compiled.heads and back.info == compiled.info
@@ -158,6 +213,7 @@ def test_compile_job_then_score_and_steer_then_survive_restart(tmp_path: Path, t
         assert job["profile_ref"] == "arith@1" and job["done"] == job["total"] > 0
         prof = client.get("/profiles/arith").json()
         assert prof["compiled"]["examples"] == 10 and 1 <= len(prof["compiled"]["heads"]) <= 3
+        assert prof["compiled"]["objective"] == "ranking" and prof["compiled"]["patched_pair_accuracy"] is not None
         assert len(prof["spec"]["activation_rm"]["examples"]) == 8  # the examples persist with the profile
 
         body = {"prompt": "What is 3 plus one?", "responses": ["It is 4.", "It is 10."], "profile": "arith"}
@@ -236,6 +292,7 @@ def test_cancel_a_job(client: TestClient) -> None:
     ({"examples": [{"prompt": "q " * 2000, "response": "r", "label": "good"}] * 2 +
       [{"prompt": "q", "response": "r", "label": "bad"}] * 2}, 413, "example_too_long"),
     ({"num_heads": 0}, 422, "invalid_request"),
+    ({"objective": "accuracy"}, 422, "invalid_request"),
 ])
 def test_bad_example_sets_are_rejected(client: TestClient, change: dict[str, object], status: int,
                                        kind: str) -> None:

@@ -6,6 +6,14 @@ with the labelled examples. The set is found as in Multimodal Task Vectors (Huan
 REINFORCE on independent Bernoulli variables, one per head, whose reward is how well the patched
 model predicts the labels; the most probable heads are kept.
 
+Two rewards are offered. ``label_log_likelihood`` is the MTV reward (log-probability of the right
+answer). It also rewards mere recalibration: on balanced labels a patch that pushes every P(Yes)
+toward 0.5 gains likelihood without separating anything, and on a small model that is what the
+search finds (the PreferenceHack and French-profile runs in ``bench/results``). ``ranking_reward``
+scores only the order — log σ(z_good − z_bad) over (good, bad) pairs of the same prompt, z the
+Yes/No logit — which is what a reward model is used for and what the paper's ranked setting asks
+of the judge; a uniform shift of every logit leaves it unchanged.
+
 For generation, a compiled profile also steers as Inference-Time Intervention does (Li et al.,
 2023): the heads whose activations best separate accepted from rejected responses are shifted
 along the direction from the rejected mean to the accepted mean, in units of the examples'
@@ -14,7 +22,7 @@ spread along it (the mass-mean shift).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +81,40 @@ def label_log_likelihood(p_yes: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     p = p_yes.clamp(1e-6, 1 - 1e-6).to(torch.float64)
     y = labels.to(torch.float64)
     return (y * p.log() + (1 - y) * (1 - p).log()).mean(-1)
+
+
+def preference_pairs(groups: Sequence[Hashable], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs (good, bad) to compare: within each group (prompt) that has both labels; if no
+    group has both, every good example against every bad one."""
+    y = [bool(v) for v in labels.tolist()]
+    if len(groups) != len(y):
+        raise ValueError("one group per label")
+    by_group: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    pairs = [(g, b) for idx in by_group.values() for g in idx if y[g] for b in idx if not y[b]]
+    if not pairs:
+        pairs = [(g, b) for g in range(len(y)) if y[g] for b in range(len(y)) if not y[b]]
+    if not pairs:
+        raise ValueError("need examples of both labels")
+    good, bad = zip(*pairs, strict=True)
+    return torch.tensor(good), torch.tensor(bad)
+
+
+def yes_logit(p_yes: torch.Tensor) -> torch.Tensor:
+    p = p_yes.clamp(1e-6, 1 - 1e-6).to(torch.float64)
+    return p.log() - (1 - p).log()
+
+
+def ranking_reward(p_yes: torch.Tensor, good: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """Mean log σ(z_good − z_bad) over the pairs, per row of ``p_yes`` (``[options, n]``)."""
+    z = yes_logit(p_yes)
+    return torch.nn.functional.logsigmoid(z[..., good] - z[..., bad]).mean(-1)
+
+
+def pair_accuracy(p_yes: torch.Tensor, good: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """Share of pairs whose good example scores strictly higher, per row of ``p_yes``."""
+    return (p_yes[..., good] > p_yes[..., bad]).to(torch.float64).mean(-1)
 
 
 def mass_mean_directions(acts: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,10 @@ def to_out(rec: ProfileRecord) -> ProfileOut:
         info = CompiledInfo(heads=compiled.heads, steer_heads=compiled.steering_heads, model=i.get("model", ""),
                             examples=i.get("examples", 0),
                             zero_shot_accuracy=i.get("zero_shot_accuracy", 0.0),
-                            patched_accuracy=i.get("patched_accuracy", 0.0), compile_s=i.get("compile_s", 0.0))
+                            patched_accuracy=i.get("patched_accuracy", 0.0),
+                            objective=i.get("objective", "likelihood"),  # profiles compiled before the option
+                            zero_shot_pair_accuracy=i.get("zero_shot_pair_accuracy"),
+                            patched_pair_accuracy=i.get("patched_pair_accuracy"), compile_s=i.get("compile_s", 0.0))
     return ProfileOut(name=rec.name, version=rec.version, ref=rec.ref, created_at=rec.created_at,
                       spec=ProfileSpec.model_validate(rec.spec), compiled=info)
 

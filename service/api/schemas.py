@@ -60,7 +60,10 @@ class ActivationRMSettings(Strict):
                                  description="chosen/rejected pairs; each adds one good and one bad example")
     num_heads: int = Field(16, ge=1, le=4096, description="attention heads kept by the selection")
     shots_per_context: int = Field(4, ge=0, le=16, description="labelled demos in each few-shot context")
-    iterations: int = Field(40, ge=1, le=500, description="REINFORCE steps of the head selection")
+    iterations: int = Field(100, ge=1, le=500, description="REINFORCE steps of the head selection")
+    objective: Literal["ranking", "likelihood"] = Field(
+        "ranking", description="head-selection reward: 'ranking' = good above bad responses of the same prompt "
+        "(calibration-invariant); 'likelihood' = log-probability of the labels (Multimodal Task Vectors)")
     steer_strength: float = Field(
         4.0, ge=-50.0, le=50.0,
         description="generation steering in standard deviations of the examples along each head's direction; "
@@ -113,6 +116,11 @@ class CompiledInfo(BaseModel):
     examples: int
     zero_shot_accuracy: float = Field(..., description="judge accuracy on the examples without patching")
     patched_accuracy: float = Field(..., description="accuracy with the selected heads patched (in-sample)")
+    objective: str = Field("likelihood", description="the head-selection reward the profile was compiled with")
+    zero_shot_pair_accuracy: float | None = Field(
+        None, description="share of (good, bad) pairs of the same prompt the unpatched judge orders right")
+    patched_pair_accuracy: float | None = Field(None, description="the same with the selected heads patched "
+                                                "(in-sample)")
     compile_s: float
 
 

@@ -9,7 +9,9 @@ being served in between):
    prompt token) is averaged over contexts.
 2. ``selection`` — REINFORCE picks the heads whose mean, patched into zero-shot queries at the
    readout position, best predicts the labels (``alignment.head_selection``); of its ranking,
-   the prefix (at most ``num_heads`` long) with the best label likelihood is kept.
+   the prefix (at most ``num_heads`` long) with the best reward is kept. The reward is the
+   ranking of good above bad responses of the same prompt (default) or the MTV label
+   likelihood (``objective="likelihood"``), which on small models mostly buys recalibration.
 3. ``directions`` — every head's output at the last token of each example response; the heads
    that best separate accepted from rejected responses (at most ``num_heads``) get their
    mass-mean direction and spread, for steering during generation (Inference-Time Intervention).
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from safetensors.torch import load as st_load
@@ -37,6 +39,9 @@ from ..alignment.head_selection import (
     ReinforceConfig,
     label_log_likelihood,
     mass_mean_directions,
+    pair_accuracy,
+    preference_pairs,
+    ranking_reward,
     reinforce_head_selection,
     separation,
     top_heads,
@@ -48,6 +53,8 @@ from .judge import JUDGE_SYSTEM, judge_conversation
 T = TypeVar("T")
 RunOnEngine = Callable[[Callable[[Engine], T]], T]
 Progress = Callable[[str, int, int], None]
+Objective = Literal["ranking", "likelihood"]
+OBJECTIVES: tuple[Objective, ...] = ("ranking", "likelihood")
 
 
 class CompileCancelled(RuntimeError):
@@ -67,7 +74,8 @@ class CompileSettings:
     shots_per_context: int = 4
     max_contexts: int = 32  # few-shot contexts averaged for the means
     max_pool: int = 64  # zero-shot queries that score each REINFORCE draw
-    iterations: int = 40
+    iterations: int = 100
+    objective: Objective = "ranking"  # selection reward; see alignment.head_selection
     samples: int = 4
     seed: int = 0
     batch_size: int = 8
@@ -177,23 +185,53 @@ def _balanced_order(examples: Sequence[LabelledExample], rng: random.Random) -> 
     return out
 
 
+def selection_pool(examples: Sequence[LabelledExample], order: Sequence[int], size: int) -> list[int]:
+    """At most ``size`` example indices for the selection queries: whole prompts that have both
+    labels first (so the ranking reward has same-prompt pairs), then the rest, in ``order``."""
+    labels_of: dict[str, set[bool]] = {}
+    for e in examples:
+        labels_of.setdefault(e.prompt, set()).add(e.good)
+    members: dict[str, list[int]] = {}
+    for i in order:
+        members.setdefault(examples[i].prompt, []).append(i)
+    pool: list[int] = []
+    for prompt, idx in members.items():
+        if len(labels_of[prompt]) == 2 and len(pool) + len(idx) <= size:
+            pool.extend(idx)
+    taken = set(pool)
+    pool.extend([i for i in order if i not in taken][: max(0, size - len(pool))])
+    return pool
+
+
 def _batches(n: int, size: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def selection_reward(objective: Objective, labels: torch.Tensor,
+                     prompts: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The REINFORCE reward of ``objective``: ``[options, n]`` P(Yes) → ``[options]``."""
+    if objective == "likelihood":
+        return partial(label_log_likelihood, labels=labels)
+    if objective == "ranking":
+        good, bad = preference_pairs(prompts, labels)
+        return partial(ranking_reward, good=good, bad=bad)
+    raise ValueError(f"unknown selection objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
 
 
 def select_heads(
     try_options: Callable[[list[list[SteeringVector]]], torch.Tensor],
     means: torch.Tensor,
-    labels: torch.Tensor,
+    reward: Callable[[torch.Tensor], torch.Tensor],
     cfg: ReinforceConfig,
     max_heads: int,
     on_iteration: Callable[[], None] | None = None,
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """REINFORCE over head masks, then the best-scoring prefix (≤ ``max_heads``) of its ranking.
 
-    ``try_options`` maps steering options to ``[options, n]`` P(Yes) for a fixed query set with
-    ``labels``; ``means`` is ``[layers, heads, d]``. Returns the chosen flat head indices and
-    P(Yes) without and with the patch.
+    ``try_options`` maps steering options to ``[options, n]`` P(Yes) for a fixed query set;
+    ``reward`` maps those to one value per option (``selection_reward``); ``means`` is
+    ``[layers, heads, d]``. Returns the chosen flat head indices and P(Yes) without and with the
+    patch.
     """
     layers, heads = means.shape[0], means.shape[1]
 
@@ -201,7 +239,7 @@ def select_heads(
         p = try_options([head_patches(means, m) for m in masks])
         if on_iteration is not None:
             on_iteration()
-        return label_log_likelihood(p, labels)
+        return reward(p)
 
     theta = reinforce_head_selection(layers * heads, evaluate, cfg)
     ranked = top_heads(theta, max_heads)
@@ -211,7 +249,7 @@ def select_heads(
         mask[ranked[:k]] = 1
         prefixes.append(head_patches(means, mask))
     p = try_options([[], *prefixes])
-    best = int(torch.argmax(label_log_likelihood(p[1:], labels)))
+    best = int(torch.argmax(reward(p[1:])))
     return ranked[: best + 1], p[0], p[best + 1]
 
 
@@ -242,7 +280,7 @@ def compile_activation_rm(
     order = _balanced_order(examples, rng)
     labels = torch.tensor([examples[i].good for i in range(len(examples))])
     n_ctx = min(len(examples), settings.max_contexts)
-    pool = order[: min(len(examples), settings.max_pool)]
+    pool = selection_pool(examples, order, settings.max_pool)
     dir_batches = _batches(len(examples), settings.batch_size)
     ctx_batches = _batches(n_ctx, settings.batch_size)
     total = len(ctx_batches) + settings.iterations + len(dir_batches) + 1
@@ -281,12 +319,14 @@ def compile_activation_rm(
 
     readout = run(open_readout)
     pool_labels = labels[pool]
+    pool_prompts = [examples[i].prompt for i in pool]
+    reward = selection_reward(settings.objective, pool_labels, pool_prompts)
     try:
         def try_options(options: list[list[SteeringVector]]) -> torch.Tensor:
             return run(lambda _eng: readout.yes_probability(options))  # type: ignore[no-any-return]
 
         cfg = ReinforceConfig(iterations=settings.iterations, samples=settings.samples, seed=settings.seed)
-        chosen, zero_shot, patched = select_heads(try_options, means, pool_labels, cfg, settings.num_heads,
+        chosen, zero_shot, patched = select_heads(try_options, means, reward, cfg, settings.num_heads,
                                                   lambda: tick("selection"))
     finally:
         run(lambda _eng: readout.close())
@@ -310,10 +350,17 @@ def compile_activation_rm(
     def accuracy(p: torch.Tensor) -> float:
         return float(((p > 0.5) == pool_labels).float().mean())
 
+    good, bad = preference_pairs(pool_prompts, pool_labels)
+
     info = {
         "model": model_name, "num_layers": layers, "num_heads": heads, "head_dim": head_dim,
         "examples": len(examples), "contexts": n_ctx, "pool": len(pool), "iterations": settings.iterations,
+        "objective": settings.objective, "pairs": len(good),
         "zero_shot_accuracy": accuracy(zero_shot), "patched_accuracy": accuracy(patched),
+        "zero_shot_pair_accuracy": float(pair_accuracy(zero_shot, good, bad)),
+        "patched_pair_accuracy": float(pair_accuracy(patched, good, bad)),
+        "zero_shot_reward": float(reward(zero_shot.unsqueeze(0))[0]),
+        "patched_reward": float(reward(patched.unsqueeze(0))[0]),
         "zero_shot_log_likelihood": float(label_log_likelihood(zero_shot.unsqueeze(0), pool_labels)[0]),
         "patched_log_likelihood": float(label_log_likelihood(patched.unsqueeze(0), pool_labels)[0]),
         "compile_s": round(time.perf_counter() - started, 2), "compiled_at": time.time(),
