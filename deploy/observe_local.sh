@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Observe a live alignserve without Docker: start alignserve (CPU, embedded model), Debian's
 # Prometheus scraping it, a bounded load run on loopback, then headless-Chromium screenshots of
-# Prometheus graph pages. Needs: apt-get install prometheus chromium. Writes deploy/screenshots/.
+# Prometheus graph pages and of the dashboard's console page. Needs: apt-get install prometheus chromium. Writes deploy/screenshots/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=deploy/screenshots; mkdir -p "$OUT"
@@ -17,6 +17,7 @@ scrape_configs:
     static_configs: [{targets: ["127.0.0.1:$AS_PORT"]}]
 YAML
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
+  --web.console.templates=deploy/prometheus/consoles \
   --web.listen-address=127.0.0.1:$PROM_PORT > "$WORK/prometheus.log" 2>&1 & PROM_PID=$!
 for _ in $(seq 1 120); do curl -sf localhost:$AS_PORT/readyz >/dev/null && break; sleep 1; done
 curl -sf localhost:$AS_PORT/readyz
@@ -33,5 +34,10 @@ shot() {  # name, PromQL
 shot requests_by_route 'sum by (route, status) (rate(alignserve_requests_total[20s]))'
 shot ttft_p50_p99 'label_replace(histogram_quantile(0.5, sum by (le) (rate(alignserve_time_to_first_token_seconds_bucket[20s]))), "q", "p50", "", "") or label_replace(histogram_quantile(0.99, sum by (le) (rate(alignserve_time_to_first_token_seconds_bucket[20s]))), "q", "p99", "", "")'
 shot queue_depth 'alignserve_queue_depth'
+# every Grafana panel, same PromQL, on Prometheus's own console page (Grafana has no package here)
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+  --disable-component-update --disable-sync --user-data-dir="$WORK/chrome" --hide-scrollbars \
+  --window-size=1600,1500 --virtual-time-budget=20000 --screenshot="$OUT/dashboard_console.png" \
+  "http://127.0.0.1:$PROM_PORT/consoles/alignserve.html?rate=20s&duration=5m" 2>/dev/null
 cat "$WORK/load.txt" | tail -12
 ls -la "$OUT"

@@ -51,3 +51,19 @@ def test_every_dashboard_metric_is_exported(client: TestClient) -> None:
                 assert not missing, f"{path.name} / {panel['title']}: {sorted(missing)} not in /metrics"
                 checked += 1
     assert checked >= 20
+
+
+def test_prometheus_console_page_matches_the_dashboard() -> None:
+    """The console page is generated from the Grafana dashboard; it must be regenerated with it."""
+    import subprocess
+    import sys
+
+    script = DASHBOARDS.parents[1] / "prometheus" / "make_console.py"
+    check = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    page = (DASHBOARDS.parents[1] / "prometheus" / "consoles" / "alignserve.html").read_text()
+    exprs = [t["expr"] for p in json.loads((DASHBOARDS / "alignserve.json").read_text())["panels"]
+             for t in p.get("targets", [])]
+    for expr in exprs:
+        assert json.dumps(expr.replace("$__rate_interval", "{{ $rate }}")) in page, expr
+    assert "$__rate_interval" not in page
