@@ -1,7 +1,10 @@
 """Bounded load test of a running alignserve (loopback or the project's own hosts only).
 
 Ramps concurrency through the given levels, each for an equal share of --duration, sending
-/generate requests (half with a Linear-Alignment profile). Reports throughput, latency
+/generate requests (half with a Linear-Alignment profile). With --mix the traffic is what a
+dashboard should show: a stored profile (created first), adaptive and fixed Linear Alignment,
+non-English prompts under a language-enforcing profile, /score with the judge and the English
+reward model, and a few invalid requests (counted as expected 422s, not failures). Reports throughput, latency
 percentiles, status counts, requests that hung past --hang-after, and server memory (RSS and GPU)
 read from /metrics at start and end. Every loop is bounded in count and time and stops by itself.
 
@@ -26,6 +29,12 @@ import httpx
 PROMPTS = ["Why is the sky blue?", "Give me a tip for learning to cook.", "What does a compiler do?",
            "Write a haiku about autumn.", "Explain recursion to a child.", "What is a hash map?"]
 PROFILE = {"principle": "Answer in one short sentence.", "la": {"strength": 3.0}}
+STORED = {"name": "concise", "principle": "Answer in one short sentence.", "la": {"adaptive": True},
+          "rubric": "Is the answer short and to the point?"}
+FOREIGN = ["Pourquoi le ciel est-il bleu ?", "¿Qué hace un compilador?", "Was ist eine Hashtabelle?"]
+ENFORCE = {"enforce_language": True, "la": {"strength": 2.0}}
+CANDIDATES = ["Rayleigh scattering: short wavelengths scatter more.",
+              "Well, that is a long story involving the atmosphere, sunlight and many other things."]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -59,18 +68,41 @@ async def memory(client: httpx.AsyncClient) -> dict[str, float]:
     return out
 
 
+def plain_request(rng: random.Random, max_tokens: int) -> tuple[str, dict]:
+    body: dict = {"prompt": rng.choice(PROMPTS), "max_tokens": max_tokens}
+    if rng.random() < 0.5:
+        body["profile"] = PROFILE
+    return "/generate", body
+
+
+def mixed_request(rng: random.Random, max_tokens: int) -> tuple[str, dict]:
+    """One request of the --mix workload; invalid ones (max_tokens 0) must come back 422."""
+    u = rng.random()
+    if u < 0.35:
+        return plain_request(rng, max_tokens)
+    if u < 0.55:
+        return "/generate", {"prompt": rng.choice(PROMPTS), "max_tokens": max_tokens, "profile": STORED["name"]}
+    if u < 0.70:
+        return "/generate", {"prompt": rng.choice(FOREIGN), "max_tokens": max_tokens, "profile": ENFORCE}
+    if u < 0.95:
+        method = rng.choice(["judge", "reward_model"])
+        body: dict = {"prompt": PROMPTS[0], "responses": CANDIDATES, "method": method}
+        if method == "judge":
+            body["profile"] = STORED["name"]
+        return "/score", body
+    return "/generate", {"prompt": rng.choice(PROMPTS), "max_tokens": 0}
+
+
 async def run_stage(client: httpx.AsyncClient, stage: Stage, seconds: float, max_tokens: int,
-                    hang_after: float, rng: random.Random) -> None:
+                    hang_after: float, rng: random.Random, mix: bool = False) -> None:
     end = time.monotonic() + seconds
 
     async def user() -> None:
         while time.monotonic() < end:
-            body = {"prompt": rng.choice(PROMPTS), "max_tokens": max_tokens}
-            if rng.random() < 0.5:
-                body["profile"] = PROFILE
+            path, body = mixed_request(rng, max_tokens) if mix else plain_request(rng, max_tokens)
             t0 = time.monotonic()
             try:
-                r = await client.post("/generate", json=body, timeout=hang_after)
+                r = await client.post(path, json=body, timeout=hang_after)
             except httpx.TimeoutException:
                 stage.hung += 1
                 continue
@@ -79,7 +111,7 @@ async def run_stage(client: httpx.AsyncClient, stage: Stage, seconds: float, max
                 await asyncio.sleep(0.1)
                 continue
             stage.statuses[str(r.status_code)] = stage.statuses.get(str(r.status_code), 0) + 1
-            if r.status_code == 200:
+            if r.status_code == 200 and path == "/generate":
                 stage.latencies.append(time.monotonic() - t0)
                 stage.tokens += r.json()["usage"]["completion_tokens"]
             elif r.status_code == 429:
@@ -90,8 +122,14 @@ async def run_stage(client: httpx.AsyncClient, stage: Stage, seconds: float, max
     stage.wall_s = time.monotonic() - t0
 
 
+async def ensure_profile(client: httpx.AsyncClient) -> None:
+    r = await client.post("/profiles", json=STORED)
+    if r.status_code not in (201, 409):
+        raise SystemExit(f"could not create profile {STORED['name']!r}: {r.status_code} {r.text}")
+
+
 async def run(url: str, levels: list[int], duration: float, max_tokens: int, hang_after: float,
-              seed: int = 0) -> dict:
+              seed: int = 0, mix: bool = False) -> dict:
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=max(levels) + 4)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=hang_after) as client:
@@ -99,16 +137,18 @@ async def run(url: str, levels: list[int], duration: float, max_tokens: int, han
         if ready.status_code != 200:
             raise SystemExit(f"server not ready: {ready.text}")
         mem_start = await memory(client)
+        if mix:
+            await ensure_profile(client)
         stages = [Stage(c) for c in levels]
         for st in stages:
-            await run_stage(client, st, duration / len(levels), max_tokens, hang_after, rng)
+            await run_stage(client, st, duration / len(levels), max_tokens, hang_after, rng, mix)
             print(json.dumps(st.summary()), file=sys.stderr, flush=True)
         await asyncio.sleep(1.0)
         mem_end = await memory(client)
         info = ready.json()
     rows = [s.summary() for s in stages]
     total_5xx = sum(n for s in rows for code, n in s["statuses"].items() if code.startswith("5"))
-    return {"url": url, "model": info.get("model"), "backend": info.get("backend"), "levels": levels,
+    return {"url": url, "model": info.get("model"), "backend": info.get("backend"), "levels": levels, "mix": mix,
             "duration_s": duration, "max_tokens": max_tokens, "stages": rows,
             "total_5xx": total_5xx, "total_hung": sum(s["hung"] for s in rows),
             "memory_start": mem_start, "memory_end": mem_end}
@@ -119,8 +159,11 @@ def markdown(result: dict, device: str, command: str) -> str:
     rss1 = result["memory_end"].get("process_resident_memory_bytes", 0) / 2**20
     gpu0 = result["memory_start"].get("alignserve_gpu_memory_allocated_bytes", 0) / 2**20
     gpu1 = result["memory_end"].get("alignserve_gpu_memory_allocated_bytes", 0) / 2**20
+    traffic = ("mixed traffic (/generate with stored, inline, adaptive and language profiles; /score; ~5 % "
+               "invalid requests, expected 422; latency and tokens are /generate's)") if result.get("mix") \
+        else "half the requests with Linear Alignment"
     lines = [f"# Load test on {device}", "", f"Backend `{result['backend']}`, model `{result['model']}`, "
-             f"max_tokens={result['max_tokens']}, half the requests with Linear Alignment. Reproduce: `{command}`.",
+             f"max_tokens={result['max_tokens']}, {traffic}. Reproduce: `{command}`.",
              "", "| concurrency | requests | ok | statuses | hung | req/s | tokens/s | p50 s | p99 s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in result["stages"]:
@@ -139,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--hang-after", type=float, default=120.0, help="a request slower than this counts as hung")
     ap.add_argument("--device", default="unknown", help="device label for the report")
+    ap.add_argument("--mix", action="store_true",
+                    help="mixed traffic: stored profile, adaptive LA, non-English prompts, /score, invalid requests")
     ap.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = ap.parse_args(argv)
     if urlparse(args.url).hostname not in LOCAL_HOSTS:
         raise SystemExit("refusing to load a non-loopback address")
     levels = [int(x) for x in args.levels.split(",")]
-    result = asyncio.run(run(args.url, levels, args.duration, args.max_tokens, args.hang_after))
+    result = asyncio.run(run(args.url, levels, args.duration, args.max_tokens, args.hang_after, mix=args.mix))
     command = "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = markdown(result, args.device, command)
     print(md)

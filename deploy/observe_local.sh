@@ -19,9 +19,13 @@ YAML
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
   --web.console.templates=deploy/prometheus/consoles \
   --web.listen-address=127.0.0.1:$PROM_PORT > "$WORK/prometheus.log" 2>&1 & PROM_PID=$!
-for _ in $(seq 1 120); do curl -sf localhost:$AS_PORT/readyz >/dev/null && break; sleep 1; done
+for _ in $(seq 1 120); do
+  curl -sf localhost:$AS_PORT/readyz >/dev/null && break
+  kill -0 "$AS_PID" 2>/dev/null || { echo "alignserve exited:" >&2; tail -20 "$WORK/alignserve.log" >&2; exit 1; }
+  sleep 1
+done
 curl -sf localhost:$AS_PORT/readyz
-python3 bench/load.py --url http://127.0.0.1:$AS_PORT --levels 1,4,8 --duration "$LOAD_S" --max-tokens 16 \
+python3 bench/load.py --url http://127.0.0.1:$AS_PORT --levels 1,4,8 --duration "$LOAD_S" --max-tokens 16 --mix \
   --device "$(uname -m) CPU" > "$WORK/load.txt" 2>&1 || true
 sleep 4
 shot() {  # name, PromQL
@@ -37,7 +41,7 @@ shot queue_depth 'alignserve_queue_depth'
 # every Grafana panel, same PromQL, on Prometheus's own console page (Grafana has no package here)
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$WORK/chrome" --hide-scrollbars \
-  --window-size=1600,1500 --virtual-time-budget=20000 --screenshot="$OUT/dashboard_console.png" \
-  "http://127.0.0.1:$PROM_PORT/consoles/alignserve.html?rate=20s&duration=5m" 2>/dev/null
+  --window-size=1540,1250 --virtual-time-budget=20000 --screenshot="$OUT/dashboard_console.png" \
+  "http://127.0.0.1:$PROM_PORT/consoles/alignserve.html?rate=20s&duration=$((LOAD_S / 60 + 2))m" 2>/dev/null
 cat "$WORK/load.txt" | tail -12
 ls -la "$OUT"

@@ -67,3 +67,49 @@ def test_prometheus_console_page_matches_the_dashboard() -> None:
     for expr in exprs:
         assert json.dumps(expr.replace("$__rate_interval", "{{ $rate }}")) in page, expr
     assert "$__rate_interval" not in page
+    # prom_console.js wants the duration in seconds and derives the query step from the graph's
+    # width; a string duration or a 0-px cell gives step=NaN/Infinity and the graph never loads.
+    graphs = page.count("new PromConsole.Graph(")
+    assert graphs == len(json.loads((DASHBOARDS / "alignserve.json").read_text())["panels"])
+    assert page.count("duration: {{ parseDuration $duration }},") == graphs
+    assert len(re.findall(r"\n  width: [1-9][0-9]*,\n", page)) == graphs
+
+
+def test_prometheus_serves_the_console_page(tmp_path: Path) -> None:
+    """A real Prometheus renders the template: durations become seconds, the rate window is applied."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+    import pytest
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("no prometheus binary (apt-get install prometheus)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global: {scrape_interval: 15s}\nscrape_configs: []\n")
+    proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.console.templates={DASHBOARDS.parents[1] / 'prometheus' / 'consoles'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/consoles/alignserve.html?rate=20s&duration=5m"
+        for _ in range(100):
+            try:
+                r = httpx.get(url, timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("prometheus did not come up")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert r.status_code == 200, r.text[:500]
+    assert len(re.findall(r"duration:\s*300\s*,", r.text)) == r.text.count("new PromConsole.Graph(") > 0
+    assert "[20s]" in r.text and "{{" not in r.text
