@@ -19,6 +19,9 @@ def det() -> LanguageDetector:
     ("프랑스의 수도는 어디입니까?", "ko"),
     ("Quelle est la capitale de la France et pourquoi est-elle célèbre ?", "fr"),
     ("Was ist die Hauptstadt von Frankreich und warum ist sie berühmt?", "de"),
+    # short questions that the unrestricted langid model names Galician and Bulgarian
+    ("¿Qué hace un compilador?", "es"),
+    ("Что делает компилятор?", "ru"),
 ])
 def test_detect(det: LanguageDetector, text: str, lang: str) -> None:
     assert det.detect(text) == lang

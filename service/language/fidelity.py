@@ -70,10 +70,17 @@ class LanguageReport:
 
 @functools.cache
 def _identifier() -> Any:
-    """langid's bundled model, parsed once per process (~2 s); read-only afterwards."""
+    """langid's bundled model, parsed once per process (~2 s); read-only afterwards.
+
+    Restricted to the languages we name (``LANGUAGE_NAMES``): over all 97, short questions land on
+    close neighbours ("¿Qué hace un compilador?" → Galician, "Что делает компилятор?" → Bulgarian),
+    which counted correct Spanish/Russian answers as mismatches and named no language in the
+    principle."""
     from langid.langid import LanguageIdentifier, model
 
-    return LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    ident = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    ident.set_languages(list(LANGUAGE_NAMES))
+    return ident
 
 
 class LanguageDetector:
