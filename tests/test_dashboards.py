@@ -98,15 +98,19 @@ def test_prometheus_serves_the_console_page(tmp_path: Path) -> None:
                              f"--web.listen-address=127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        url = f"http://127.0.0.1:{port}/consoles/alignserve.html?rate=20s&duration=5m"
-        for _ in range(100):
+        base = f"http://127.0.0.1:{port}"
+        # The web server answers 503 until the TSDB is open; wait for /-/ready (CI machines are slow).
+        deadline = time.monotonic() + 60
+        while True:
             try:
-                r = httpx.get(url, timeout=2)
-                break
+                if httpx.get(f"{base}/-/ready", timeout=2).status_code == 200:
+                    break
             except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("prometheus did not come up")
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError(f"prometheus did not become ready (exit code {proc.poll()})")
+            time.sleep(0.2)
+        r = httpx.get(f"{base}/consoles/alignserve.html?rate=20s&duration=5m", timeout=10)
     finally:
         proc.terminate()
         proc.wait(10)
