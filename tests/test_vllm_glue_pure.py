@@ -95,3 +95,86 @@ def test_nucleus_fast_path_equals_full_sort() -> None:
     full = nucleus_mask(logits, top_p, temp, fast_k=500)
     assert torch.equal(fast, full)
     assert np.array(fast.sum(-1)).min() >= 1
+
+
+class _VllmStyleNorm:
+    """vLLM's RMSNorm interface over a transformers norm: ``norm(x)`` or fused ``norm(x, residual)``."""
+
+    def __init__(self, norm: torch.nn.Module) -> None:
+        self.norm = norm
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> object:
+        if residual is None:
+            return self.norm(x)
+        residual = x + residual
+        return self.norm(residual), residual
+
+
+class _VllmStyleAttention:
+    """vLLM's Qwen2Attention interface (fused QKV, ``(out, bias)`` projections, ``rotary_emb``)."""
+
+    def __init__(self, attn: torch.nn.Module, rotary: torch.nn.Module, cfg: object) -> None:
+        self.attn, self.rotary = attn, rotary
+        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads  # type: ignore[attr-defined]
+        self.head_dim = cfg.hidden_size // self.num_heads  # type: ignore[attr-defined]
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.scaling = self.head_dim ** -0.5
+
+    def qkv_proj(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        a = self.attn
+        return torch.cat([a.q_proj(x), a.k_proj(x), a.v_proj(x)], dim=-1), None  # type: ignore[operator]
+
+    def o_proj(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.attn.o_proj(x), None  # type: ignore[operator]
+
+    def rotary_emb(self, positions: torch.Tensor, q: torch.Tensor,
+                   k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+        t = q.shape[0]
+        cos, sin = self.rotary(q.unsqueeze(0), positions.unsqueeze(0))
+        qh = q.view(1, t, self.num_heads, self.head_dim).transpose(1, 2)
+        kh = k.view(1, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        qr, kr = apply_rotary_pos_emb(qh, kh, cos, sin)
+        return qr.transpose(1, 2).reshape(t, -1), kr.transpose(1, 2).reshape(t, -1)
+
+
+def test_vllm_head_capture_matches_the_transformers_engine(tiny_engine: object) -> None:
+    """The capture the vLLM worker runs (its own eager pass over the model's modules, SDPA with
+    grouped KV heads) reads the same o_proj inputs as the transformers engine's hooks, with and
+    without completions; the RPC packing round-trips."""
+    from types import SimpleNamespace
+
+    from service.engines.base import readout_sequences
+    from service.engines.vllm_glue.capture import last_token_heads, pack, unpack
+
+    eng = tiny_engine
+    hf = eng.model.model  # type: ignore[attr-defined]
+    cfg = eng.model.config  # type: ignore[attr-defined]
+    assert cfg.num_key_value_heads < cfg.num_attention_heads  # exercises grouped-query attention
+    layers = [SimpleNamespace(input_layernorm=_VllmStyleNorm(layer.input_layernorm),
+                              post_attention_layernorm=_VllmStyleNorm(layer.post_attention_layernorm),
+                              self_attn=_VllmStyleAttention(layer.self_attn, hf.rotary_emb, cfg), mlp=layer.mlp)
+              for layer in hf.layers]
+    convs = [[{"role": "user", "content": "Is Paris in France?"}],
+             [{"role": "user", "content": "Explain what a CPU is, in one short sentence."}]]
+    for completions in (None, [" Yes.", " A central processing unit runs instructions."]):
+        seqs = readout_sequences(eng.encode_chat, eng.tokenizer, convs, completions)  # type: ignore[attr-defined]
+        with torch.inference_mode():
+            got = torch.stack([last_token_heads(layers, hf.embed_tokens, s, "cpu") for s in seqs])
+        want = eng.capture_head_activations(convs, completions)  # type: ignore[attr-defined]
+        torch.testing.assert_close(unpack(pack(got)).view(want.shape), want, atol=1e-4, rtol=1e-4)
+        assert want.abs().max() > 0.1
+
+
+def test_cache_salt_keeps_steered_kv_apart() -> None:
+    from service.engines.vllm_glue.steer_tables import cache_salt
+
+    v = torch.ones(4)
+    gen = vectors_to_args([SteeringVector(layer=0, vector=v)])
+    readout = vectors_to_args([SteeringVector(layer=0, head=1, vector=v, position="last_prompt", replace=True)])
+    assert cache_salt([]) is None and cache_salt(readout) is None  # only the recomputed last token changes
+    assert cache_salt(gen) is not None and cache_salt(gen) == cache_salt(vectors_to_args([SteeringVector(0, v)]))
+    assert cache_salt(readout + gen) not in (None, cache_salt(gen))
+    everywhere = vectors_to_args([SteeringVector(layer=0, vector=v, position="all")])
+    assert cache_salt(everywhere) not in (None, cache_salt(gen))

@@ -10,7 +10,7 @@ import concurrent.futures
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -151,3 +151,16 @@ class ContinuousEngine(Engine, Protocol):
 
 def is_continuous(engine: Engine) -> bool:
     return callable(getattr(engine, "submit", None))
+
+
+def readout_sequences(encode_chat: Callable[[list[Message]], list[int]], tokenizer: Any,
+                      conversations: Sequence[list[Message]],
+                      completions: Sequence[str] | None = None) -> list[list[int]]:
+    """Token ids whose last position ``capture_head_activations`` reads: each conversation with its
+    generation prompt, followed by its completion's tokens when completions are given."""
+    seqs = [encode_chat(c) for c in conversations]
+    if completions is None:
+        return seqs
+    if len(completions) != len(seqs):
+        raise ValueError("one completion per conversation")
+    return [s + list(tokenizer.encode(c, add_special_tokens=False)) for s, c in zip(seqs, completions, strict=True)]

@@ -20,7 +20,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from ..alignment.linear_alignment import LinearAlignmentConfig, linear_alignment_step
 from ..alignment.sampling import make_generator, select_token
 from ..alignment.spec import SteeringVector
-from .base import EngineStats, GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
+from .base import (
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+    Message,
+    PromptSize,
+    TokenEvent,
+    readout_sequences,
+)
 from .chat import with_principle, with_system
 from .hf_hooks import HeadCapture, SteeringHooks
 
@@ -290,12 +298,7 @@ class TransformersEngine:
     @torch.inference_mode()
     def capture_head_activations(self, conversations: Sequence[list[Message]],
                                  completions: Sequence[str] | None = None) -> torch.Tensor:
-        seqs = [self.encode_chat(c) for c in conversations]
-        if completions is not None:
-            if len(completions) != len(seqs):
-                raise ValueError("one completion per conversation")
-            seqs = [s + self.tokenizer.encode(c, add_special_tokens=False)
-                    for s, c in zip(seqs, completions, strict=True)]
+        seqs = readout_sequences(self.encode_chat, self.tokenizer, conversations, completions)
         ids, mask = self._left_pad(seqs)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         with HeadCapture(self.model) as cap:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -21,18 +22,28 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from ..alignment.spec import SteeringVector
-from .base import EngineStats, GenerationRequest, GenerationResult, Message, PromptSize, TokenEvent
+from .base import (
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+    Message,
+    PromptSize,
+    TokenEvent,
+    readout_sequences,
+)
 from .chat import with_principle, with_system
+from .vllm_glue.capture import unpack
 from .vllm_glue.pairing import EXTRA_KEY
-from .vllm_glue.steer_tables import steering_key, vectors_to_args
+from .vllm_glue.steer_tables import cache_salt, steering_key, vectors_to_args
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +173,20 @@ class VLLMEngine:
             output_kind=RequestOutputKind.CUMULATIVE, extra_args=extra or None)
 
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
-        """One request (two vLLM sequences for LA) from submission to its last token.
-
-        Requests with a steering spec not yet live wait while ``steer_capacity`` distinct specs
-        are in flight (requests sharing a spec share the model's table slots)."""
-        if not req.alignment.steering:
+        """One request (two vLLM sequences for LA) from submission to its last token."""
+        async with self._steering_admitted(req.alignment.steering):
             return await self._agenerate(req)
-        key = steering_key(vectors_to_args(req.alignment.steering))
+
+    @contextlib.asynccontextmanager
+    async def _steering_admitted(self, steering: Sequence[SteeringVector]) -> AsyncIterator[None]:
+        """Wait while ``steer_capacity`` other distinct steering specs are in flight.
+
+        Requests sharing a spec share the model's table slots; a spec beyond the capacity would
+        find no free slot inside the worker, so it waits here instead (generation and scoring)."""
+        if not steering:
+            yield
+            return
+        key = steering_key(vectors_to_args(steering))
         if self._steer_cond is None:
             self._steer_cond = asyncio.Condition()
         async with self._steer_cond:
@@ -176,7 +194,7 @@ class VLLMEngine:
                 lambda: key in self._steer_users or len(self._steer_users) < self.steer_capacity)
             self._steer_users[key] = self._steer_users.get(key, 0) + 1
         try:
-            return await self._agenerate(req)
+            yield
         finally:
             async with self._steer_cond:
                 self._steer_users[key] -= 1
@@ -184,9 +202,16 @@ class VLLMEngine:
                     del self._steer_users[key]
                 self._steer_cond.notify_all()
 
-    async def _agenerate(self, req: GenerationRequest) -> GenerationResult:
+    @staticmethod
+    def _prompt(token_ids: list[int], steering: Sequence[SteeringVector]) -> Any:
+        """The vLLM prompt; steered KV is kept apart in the prefix cache (``steer_tables.cache_salt``)."""
         from vllm.inputs import TokensPrompt
 
+        salt = cache_salt(vectors_to_args(steering)) if steering else None
+        return (TokensPrompt(prompt_token_ids=token_ids) if salt is None
+                else TokensPrompt(prompt_token_ids=token_ids, cache_salt=salt))
+
+    async def _agenerate(self, req: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
         plain = self.encode_chat(with_system(req.messages, self.default_system))
         la = req.alignment.la
@@ -216,7 +241,7 @@ class VLLMEngine:
         state: dict[str, Any] = {"tokens": [], "text": "", "finish": None, "first": 0.0, "mate_tokens": None}
 
         async def consume(sid: str, prompt: list[int], params: Any, lead: bool) -> None:
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, sid):
+            async for out in self.llm.generate(self._prompt(prompt, req.alignment.steering), params, sid):
                 o = out.outputs[0]
                 if not lead:
                     state["mate_tokens"] = list(o.token_ids)
@@ -282,18 +307,22 @@ class VLLMEngine:
     # ---- scoring -------------------------------------------------------------------------
     async def ayes_probability(self, conversations: Sequence[list[Message]],
                                steering: Sequence[SteeringVector] = ()) -> list[float]:
+        return await self._yes_probabilities([self.encode_chat(c) for c in conversations], steering)
+
+    async def _yes_probabilities(self, prompts: Sequence[list[int]],
+                                 steering: Sequence[SteeringVector] = ()) -> list[float]:
+        """P(Yes) / (P(Yes) + P(No)) of the next token after each prompt, one vLLM request each."""
         import math
 
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         extra = {EXTRA_KEY: {"steer": vectors_to_args(steering)}} if steering else None
 
-        async def one(i: int, convo: list[Message]) -> float:
+        async def one(i: int, prompt: list[int]) -> float:
             sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[self.yes_id, self.no_id],
                                 extra_args=extra)
             final = None
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=self.encode_chat(convo)), sp,
+            async for out in self.llm.generate(self._prompt(prompt, steering), sp,
                                                f"yes-{uuid.uuid4().hex[:8]}-{i}"):
                 final = out
             assert final is not None and final.outputs[0].logprobs
@@ -301,21 +330,55 @@ class VLLMEngine:
             y, n = math.exp(lp[self.yes_id].logprob), math.exp(lp[self.no_id].logprob)
             return y / (y + n)
 
-        return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(conversations))))
+        async with self._steering_admitted(steering):
+            return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
     def yes_probability(self, conversations: Sequence[list[Message]],
                         steering: Sequence[SteeringVector] = ()) -> list[float]:
         return self.call(self.ayes_probability(conversations, steering))
 
+    # ---- Activation-RM compilation ---------------------------------------------------------
     def capture_head_activations(self, conversations: Sequence[list[Message]],
-                                 completions: Sequence[str] | None = None) -> Any:
-        raise NotImplementedError("compiling Activation-RM profiles needs the transformers engine")
+                                 completions: Sequence[str] | None = None) -> torch.Tensor:
+        """``[n, layers, heads, head_dim]`` at each conversation's last token (after its completion,
+        if given), read inside the worker by ``vllm_glue.capture`` between engine steps."""
+        if not self.steerable:
+            raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
+                             f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+        seqs = readout_sequences(self.encode_chat, self.tokenizer, conversations, completions)
+        packed = self.call(self.llm.collective_rpc("alignserve_capture_heads", args=(seqs,)))[0]
+        return unpack(packed).view(len(seqs), self.num_layers, self.num_heads, self.head_dim)
 
-    def open_readout(self, conversations: Sequence[list[Message]]) -> Any:
-        raise NotImplementedError("compiling Activation-RM profiles needs the transformers engine")
+    def open_readout(self, conversations: Sequence[list[Message]]) -> _VLLMReadout:
+        if not self.steerable:
+            raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
+                             f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+        return _VLLMReadout(self, [self.encode_chat(c) for c in conversations])
 
     def close(self) -> None:
         try:
             self.llm.shutdown()
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class _VLLMReadout:
+    """P(Yes) of a fixed set of conversations under many steering options (head-selection search).
+
+    Each option is one vLLM request per conversation, all options at once; the options steer only
+    the last prompt token, so every request after the first finds its prefix in vLLM's prefix
+    cache and computes only its last block."""
+
+    def __init__(self, engine: VLLMEngine, prompts: list[list[int]]) -> None:
+        if any(len(p) < 2 for p in prompts):
+            raise ValueError("readout conversations need at least two tokens")
+        self.engine, self.prompts, self.size = engine, prompts, len(prompts)
+
+    def yes_probability(self, options: Sequence[Sequence[SteeringVector]]) -> torch.Tensor:
+        async def every_option() -> list[list[float]]:
+            return list(await asyncio.gather(*(self.engine._yes_probabilities(self.prompts, o) for o in options)))
+
+        return torch.tensor(self.engine.call(every_option()), dtype=torch.float32).view(len(options), self.size)
+
+    def close(self) -> None:
+        pass

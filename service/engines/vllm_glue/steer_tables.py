@@ -161,6 +161,21 @@ class SlotAllocator:
         return list(slots.values())
 
 
+def cache_salt(args: Sequence[Mapping[str, Any]]) -> str | None:
+    """vLLM prefix-cache salt for a steered request, or None when its KV may be shared.
+
+    vLLM keys cached KV blocks by token ids only. Steering at generated (or all) positions changes
+    the KV of those tokens, so without a salt a later request whose prompt repeats them (the next
+    turn of a chat, under another profile or none) would reuse steered KV. Requests with the same
+    steering share one salt, so they still share prefixes among themselves. Steering only at the
+    last prompt token (the Activation-RM readout) needs none: vLLM always recomputes a prompt's
+    last block, and nothing else reads that token's KV.
+    """
+    if not args or all(a.get("position", "generated") == "last_prompt" for a in args):
+        return None
+    return f"alignserve-steer-{steering_key(args)}"
+
+
 def token_slots(
     num_computed: Sequence[int] | np.ndarray,
     num_scheduled: Sequence[int] | np.ndarray,

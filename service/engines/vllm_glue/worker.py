@@ -5,7 +5,8 @@ started. It wraps the model runner's ``_prepare_inputs`` — called every step o
 batch has its final order — so that the per-token slot index is written into the model's
 persistent buffer before the forward pass (the way vLLM's LoRA support maps tokens to adapters).
 A steered request's vectors arrive in ``SamplingParams.extra_args``; its slots are filled on
-first sight and released when the runner forgets the request.
+first sight and released when the runner forgets the request. ``alignserve_capture_heads`` reads
+head activations for compiling Activation-RM profiles (``capture.py`` says how).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .capture import last_token_heads, pack
 from .model import SteerableQwen2DecoderLayer
 from .pairing import EXTRA_KEY
 from .steer_tables import SlotAllocator, build_phase_tables, steering_key, token_slots, vectors_from_args
@@ -102,3 +104,15 @@ class SteeringWorkerExtension:
         runner._alignserve_steering = state
         log.info("steering installed on %d layers, %d slots", len(layers), state.alloc.free + 1)
         return len(layers)
+
+    def alignserve_capture_heads(self, sequences: list[list[int]]) -> dict[str, Any]:
+        """``[len(sequences), layers, heads * head_dim]`` float32 (packed): the ``o_proj`` input of
+        every layer at each sequence's last token, unsteered. Runs between engine steps."""
+        runner = self.model_runner  # type: ignore[attr-defined]
+        model = runner.get_model()
+        layers = [m for m in model.modules() if isinstance(m, SteerableQwen2DecoderLayer)]
+        if not layers:
+            raise RuntimeError("head capture needs the steerable architecture")
+        with torch.inference_mode():
+            acts = [last_token_heads(layers, model.model.embed_tokens, s, runner.device) for s in sequences]
+        return pack(torch.stack(acts))
