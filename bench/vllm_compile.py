@@ -122,8 +122,9 @@ def phase_reference(model: str, inp: Inputs, iterations: int) -> dict[str, Any]:
     return res
 
 
-def serving_during_compile(eng: Any, inp: Inputs, iterations: int) -> dict[str, Any]:
-    """Plain generation tokens/s alone, then while a compile runs in another thread."""
+def serving_during_compile(eng: Any, inp: Inputs, iterations: int, caps: list[int]) -> dict[str, Any]:
+    """Plain generation tokens/s alone, then while a compile runs in another thread, for each bound
+    on the compile's requests in flight (``VLLMSettings.compile_concurrency``; 0 = unbounded)."""
     async def batch() -> int:
         reqs = [request(i, f"Tell me about topic number {i}: rivers, cities and history.", 64, ignore_eos=True)
                 for i in range(32)]
@@ -136,22 +137,28 @@ def serving_during_compile(eng: Any, inp: Inputs, iterations: int) -> dict[str, 
         return tokens / (time.perf_counter() - t)
 
     alone = rate(None, 10.0)
-    done = threading.Event()
-    box: dict[str, Any] = {}
+    rows = []
+    for cap in caps:
+        eng.settings.compile_concurrency = cap
+        done = threading.Event()
+        box: dict[str, Any] = {}
 
-    def job() -> None:
-        try:
-            box["compiled"], box["s"] = compile_on(eng, inp, iterations)
-        finally:
-            done.set()
+        def job(box: dict[str, Any] = box, done: threading.Event = done) -> None:
+            try:
+                box["compiled"], box["s"] = compile_on(eng, inp, iterations)
+            finally:
+                done.set()
 
-    th = threading.Thread(target=job)
-    th.start()
-    during = rate(done, 0)
-    th.join()
-    return {"generation_tokens_per_s_alone": round(alone, 1),
-            "generation_tokens_per_s_while_compiling": round(during, 1),
-            "compile_s_while_serving": round(box["s"], 1), "concurrent_requests": 32}
+        th = threading.Thread(target=job)
+        th.start()
+        during = rate(done, 0)
+        th.join()
+        rows.append({"compile_concurrency": cap, "compile_s_while_serving": round(box["s"], 1),
+                     "generation_tokens_per_s_while_compiling": round(during, 1),
+                     "share_of_alone": round(during / alone, 3)})
+        print(rows[-1], flush=True)
+    return {"generation_tokens_per_s_alone": round(alone, 1), "concurrent_requests": 32, "max_tokens": 64,
+            "rows": rows}
 
 
 def cache_isolation(eng: Any, compiled: CompiledARM) -> dict[str, Any]:
@@ -192,6 +199,17 @@ def cache_isolation(eng: Any, compiled: CompiledARM) -> dict[str, Any]:
     return res
 
 
+def phase_serving(model: str, inp: Inputs, iterations: int, caps: list[int]) -> dict[str, Any]:
+    from service.engines.vllm_engine import VLLMEngine, VLLMSettings
+
+    eng = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.5, max_model_len=2048))
+    try:
+        return {"dtype": "bfloat16", **serving_during_compile(eng, inp, iterations, caps)}
+    finally:
+        eng.close()
+        free_gpu()
+
+
 def phase_vllm(model: str, inp: Inputs, ref: dict[str, Any] | None, iterations: int, dtype: str) -> dict[str, Any]:
     from service.engines.vllm_engine import VLLMEngine, VLLMSettings
 
@@ -221,7 +239,6 @@ def phase_vllm(model: str, inp: Inputs, ref: dict[str, Any] | None, iterations: 
             res["heads_in_common_with_reference"] = len(set(compiled.heads) & set(theirs.heads))
             res["steering_heads_in_common"] = len(set(compiled.steering_heads) & set(theirs.steering_heads))
             res["reference_profile_held_out_on_vllm"] = held_out(eng, inp, theirs)
-            res["serving"] = serving_during_compile(eng, inp, iterations)
             res["cache_isolation"] = cache_isolation(eng, compiled)
     finally:
         eng.close()
@@ -302,8 +319,9 @@ def markdown(res: dict[str, Any]) -> str:
                   f"{e['min_cosine']} |",
                   f"| readout P(Yes), {v['readout_options']} options x {v['readout_queries']} queries | "
                   f"{v['readout_max_abs_diff_p_yes']} | P(Yes) range {v['readout_p_yes_range']} | – |", ""]
-    lines += ["## Compile", "", "| engine | compile s | held-out French > English | logit gap | heads in common |",
-              "|---|---|---|---|---|"]
+    if r or v or b:
+        lines += ["## Compile", "", "| engine | compile s | held-out French > English | logit gap | heads in common |",
+                  "|---|---|---|---|---|"]
     if r:
         lines.append(f"| transformers float32 | {r['compile_s']} | {r['held_out']['accuracy']} | "
                      f"{r['held_out']['logit_gap']} | – |")
@@ -319,12 +337,16 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["", f"The reference-compiled profile scored on vLLM float32: held-out accuracy "
                   f"{v['reference_profile_held_out_on_vllm']['accuracy']} (logit gap "
                   f"{v['reference_profile_held_out_on_vllm']['logit_gap']})."]
-    if v.get("serving"):
-        s = v["serving"]
-        lines += ["", "## Serving while compiling (vLLM float32)", "",
-                  f"{s['concurrent_requests']} concurrent plain generations (64 tokens): "
-                  f"{s['generation_tokens_per_s_alone']} tok/s alone, {s['generation_tokens_per_s_while_compiling']} "
-                  f"tok/s while a compile runs (compile {s['compile_s_while_serving']} s)."]
+    if res.get("serving"):
+        s = res["serving"]
+        lines += ["", f"## Serving while compiling (vLLM {s['dtype']})", "",
+                  f"{s['concurrent_requests']} concurrent plain generations of {s['max_tokens']} tokens, back to back: "
+                  f"{s['generation_tokens_per_s_alone']} tok/s with no compile running. The same while a compile "
+                  "runs in another thread, for each bound on the compile's vLLM requests in flight:", "",
+                  "| compile_concurrency | generation tok/s while compiling | share of alone | compile s |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['compile_concurrency'] or 'unbounded'} | {r['generation_tokens_per_s_while_compiling']} | "
+                  f"{r['share_of_alone']} | {r['compile_s_while_serving']} |" for r in s["rows"]]
     if v.get("cache_isolation"):
         c = v["cache_isolation"]
         s, p = c["steered_answer_then_unsteered_follow_up"], c["control_unsteered_answer_then_follow_up"]
@@ -354,8 +376,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF model folder")
     ap.add_argument("--home", default="/tmp/ahome", help="alignserve home for the HTTP phase")
-    ap.add_argument("--phases", nargs="+", default=["reference", "vllm32", "vllm16", "http"],
-                    choices=["reference", "vllm32", "vllm16", "http"])
+    ap.add_argument("--phases", nargs="+", default=["reference", "vllm32", "vllm16", "serving", "http"],
+                    choices=["reference", "vllm32", "vllm16", "serving", "http"])
+    ap.add_argument("--caps", type=int, nargs="+", default=[0, 64, 16],
+                    help="serving phase: compile_concurrency values to measure (0 = unbounded)")
+    ap.add_argument("--name", default="vllm_compile", help="results file stem (the device tag is appended)")
     ap.add_argument("--iterations", type=int, default=CompileSettings.iterations)
     ap.add_argument("--port", type=int, default=18093)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -375,11 +400,13 @@ def main() -> int:
             res["vllm32"] = phase_vllm(args.model, inp, ref, args.iterations, "float32")
         elif phase == "vllm16":
             res["vllm16"] = phase_vllm(args.model, inp, None, args.iterations, "bfloat16")
+        elif phase == "serving":
+            res["serving"] = phase_serving(args.model, inp, args.iterations, args.caps)
         else:
             res["http"] = phase_http(args.model, args.home, inp, args.out, args.port, args.iterations)
         print(json.dumps({phase: res.get(phase)}, default=str)[:2000], f"({time.perf_counter() - t:.0f}s)", flush=True)
     tag = "h100" if "H100" in res["device"] else res["device"].split()[0].lower()
-    write(args.out, f"vllm_compile_{tag}", res, markdown(res))
+    write(args.out, f"{args.name}_{tag}", res, markdown(res))
     ok = all(res.get(p, {}).get("ok", True) is not False for p in ("http",)) and \
         res.get("vllm32", {}).get("cache_isolation", {}).get("ok", True) is not False
     return 0 if ok else 1

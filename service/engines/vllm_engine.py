@@ -65,6 +65,9 @@ class VLLMSettings:
     pairing: bool = True  # LA pairs (scheduler + logits processor); needs synchronous scheduling
     async_scheduling: bool | None = None  # None: vLLM's default where pairing allows it
     cudagraph_sizes: list[int] | None = None
+    # vLLM requests a profile compile keeps in flight (0: no bound). The head-selection readout is
+    # thousands of one-token requests; bounding them leaves the engine to the live traffic.
+    compile_concurrency: int = 32
     dtype: str = "bfloat16"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -309,22 +312,25 @@ class VLLMEngine:
                                steering: Sequence[SteeringVector] = ()) -> list[float]:
         return await self._yes_probabilities([self.encode_chat(c) for c in conversations], steering)
 
-    async def _yes_probabilities(self, prompts: Sequence[list[int]],
-                                 steering: Sequence[SteeringVector] = ()) -> list[float]:
-        """P(Yes) / (P(Yes) + P(No)) of the next token after each prompt, one vLLM request each."""
+    async def _yes_probabilities(self, prompts: Sequence[list[int]], steering: Sequence[SteeringVector] = (),
+                                 limit: asyncio.Semaphore | None = None) -> list[float]:
+        """P(Yes) / (P(Yes) + P(No)) of the next token after each prompt, one vLLM request each
+        (at most ``limit`` of them in flight, when given)."""
         import math
 
         from vllm import SamplingParams
 
         extra = {EXTRA_KEY: {"steer": vectors_to_args(steering)}} if steering else None
+        salted = self._prompt([], steering)  # the salt is computed once per spec, not per request
 
         async def one(i: int, prompt: list[int]) -> float:
             sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[self.yes_id, self.no_id],
                                 extra_args=extra)
             final = None
-            async for out in self.llm.generate(self._prompt(prompt, steering), sp,
-                                               f"yes-{uuid.uuid4().hex[:8]}-{i}"):
-                final = out
+            async with limit if limit is not None else contextlib.nullcontext():
+                async for out in self.llm.generate({**salted, "prompt_token_ids": prompt}, sp,
+                                                   f"yes-{uuid.uuid4().hex[:8]}-{i}"):
+                    final = out
             assert final is not None and final.outputs[0].logprobs
             lp = final.outputs[0].logprobs[0]
             y, n = math.exp(lp[self.yes_id].logprob), math.exp(lp[self.no_id].logprob)
@@ -365,9 +371,10 @@ class VLLMEngine:
 class _VLLMReadout:
     """P(Yes) of a fixed set of conversations under many steering options (head-selection search).
 
-    Each option is one vLLM request per conversation, all options at once; the options steer only
-    the last prompt token, so every request after the first finds its prefix in vLLM's prefix
-    cache and computes only its last block."""
+    Each option is one vLLM request per conversation, all options at once but at most
+    ``compile_concurrency`` requests in flight; the options steer only the last prompt token, so
+    every request after the first finds its prefix in vLLM's prefix cache and computes only its
+    last block."""
 
     def __init__(self, engine: VLLMEngine, prompts: list[list[int]]) -> None:
         if any(len(p) < 2 for p in prompts):
@@ -375,8 +382,12 @@ class _VLLMReadout:
         self.engine, self.prompts, self.size = engine, prompts, len(prompts)
 
     def yes_probability(self, options: Sequence[Sequence[SteeringVector]]) -> torch.Tensor:
+        cap = self.engine.settings.compile_concurrency
+
         async def every_option() -> list[list[float]]:
-            return list(await asyncio.gather(*(self.engine._yes_probabilities(self.prompts, o) for o in options)))
+            limit = asyncio.Semaphore(cap) if cap > 0 else None
+            return list(await asyncio.gather(*(self.engine._yes_probabilities(self.prompts, o, limit)
+                                               for o in options)))
 
         return torch.tensor(self.engine.call(every_option()), dtype=torch.float32).view(len(options), self.size)
 
