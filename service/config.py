@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="requests waiting for the engine before 429")
     max_num_seqs: int = Field(256, ge=2, description="vLLM: requests handed to continuous batching at once "
                               "(an LA request decodes two sequences)")
+    compile_concurrency: int = Field(32, ge=0, description="vLLM: requests a profile compile keeps in flight "
+                                     "(0: no bound); bounds how much a compile takes from live traffic")
     gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98,
                                           description="vLLM: share of GPU memory for weights + KV cache")
     reward_model: str = Field(

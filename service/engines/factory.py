@@ -19,7 +19,8 @@ def build_engine(settings: Settings) -> Engine:
         log.info("loading model", extra={"model": path, "backend": "vllm"})
         dtype = "bfloat16" if settings.dtype == "auto" else settings.dtype
         vs = VLLMSettings(max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
-                          gpu_memory_utilization=settings.gpu_memory_utilization, dtype=dtype)
+                          gpu_memory_utilization=settings.gpu_memory_utilization, dtype=dtype,
+                          compile_concurrency=settings.compile_concurrency)
         return VLLMEngine(path, vs,
                           default_system=settings.default_system_prompt)
     from transformers.utils import logging as hf_logging
