@@ -388,7 +388,8 @@ def main() -> int:
     rubric, train, test = load_profile()
     inp = Inputs(rubric, train, test)
     res: dict[str, Any] = {"device": device_name(), "train_examples": len(train), "held_out_pairs": len(test),
-                           "iterations": args.iterations}
+                           "iterations": args.iterations,
+                           "command": "python3 -m bench.vllm_compile " + " ".join(sys.argv[1:])}
     ref = None
     for phase in args.phases:
         t = time.perf_counter()
