@@ -28,7 +28,7 @@ from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
 from service.config import EMBEDDED_MODEL, default_home
 from service.engines.base import GenerationRequest
-from service.engines.transformers_engine import TransformersEngine
+from service.engines.transformers.engine import TransformersEngine
 from service.language.fidelity import LanguageDetector
 from service.models.provision import resolve_model
 from service.reward.activation_rm import (

@@ -20,7 +20,7 @@ from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
 from service.config import EMBEDDED_MODEL, Settings
 from service.engines.base import GenerationRequest
-from service.engines.transformers_engine import TransformersEngine
+from service.engines.transformers.engine import TransformersEngine
 from service.models.provision import resolve_model
 
 PROMPTS = [

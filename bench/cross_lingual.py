@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from service.config import EMBEDDED_MODEL, Settings, default_home
-from service.engines.transformers_engine import TransformersEngine
+from service.engines.transformers.engine import TransformersEngine
 from service.models.provision import resolve_model
 from service.reward.activation_rm import CompileSettings, LabelledExample, compile_activation_rm
 from service.reward.factory import resolve_reward_model

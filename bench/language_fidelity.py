@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from service.alignment.sampling import SamplingParams
-from service.api.routes_generate import alignment_for
 from service.api.schemas import LASettings, ProfileSpec
 from service.config import EMBEDDED_MODEL, Settings
+from service.domain.planning import alignment_for
 from service.engines.base import GenerationRequest
-from service.engines.transformers_engine import TransformersEngine
+from service.engines.transformers.engine import TransformersEngine
 from service.language.fidelity import LanguageDetector
 from service.models.provision import resolve_model
 

@@ -46,7 +46,7 @@ from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec, SteeringVector
 from service.config import EMBEDDED_MODEL, Settings, default_home
 from service.engines.base import Engine, GenerationRequest, Message
-from service.engines.transformers_engine import TransformersEngine
+from service.engines.transformers.engine import TransformersEngine
 from service.language.fidelity import LanguageDetector
 from service.models.provision import resolve_model
 from service.reward.activation_rm import CompiledARM, CompileSettings, compile_activation_rm
@@ -149,7 +149,7 @@ class Backend:
         self.kind = kind
         self.engine: Engine
         if kind == "vllm":
-            from service.engines.vllm_engine import VLLMEngine, VLLMSettings
+            from service.engines.vllm.engine import VLLMEngine, VLLMSettings
             from service.reward.reward_model import VLLMRewardModel, VLLMRewardSettings
 
             self.engine = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.6, max_model_len=4096),

@@ -5,7 +5,7 @@ One process, phases in order (the reference engine is freed before vLLM starts):
 - ``reference``: ``TransformersEngine`` float32 on the GPU. Head capture on the French profile's
   few-shot contexts and response ends, readout P(Yes) with no patch and with random head patches,
   a full compile (timed) and the held-out French-over-English accuracy of its profile.
-- ``vllm32``: ``VLLMEngine`` float32 (CUDA graphs on). The same captures (``vllm_glue/capture.py``,
+- ``vllm32``: ``VLLMEngine`` float32 (CUDA graphs on). The same captures (``engines/vllm/capture.py``,
   run inside the worker) and readout options, compared with the reference; a full compile through
   the same code, timed, with heads in common and held-out accuracy; generation throughput alone and
   while a compile runs; prefix-cache isolation of steered KV (``steer_tables.cache_salt``).
@@ -105,7 +105,7 @@ def compare_acts(got: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 
 def phase_reference(model: str, inp: Inputs, iterations: int) -> dict[str, Any]:
-    from service.engines.transformers_engine import TransformersEngine
+    from service.engines.transformers.engine import TransformersEngine
 
     eng = TransformersEngine(model, device="cuda" if torch.cuda.is_available() else "cpu", dtype="float32",
                              max_model_len=2048)
@@ -165,8 +165,8 @@ def cache_isolation(eng: Any, compiled: CompiledARM) -> dict[str, Any]:
     """A steered answer's KV must not be reused by an unsteered follow-up that repeats it."""
     from vllm import SamplingParams
 
-    from service.engines.vllm_glue.pairing import EXTRA_KEY
-    from service.engines.vllm_glue.steer_tables import vectors_to_args
+    from service.engines.vllm.pairing import EXTRA_KEY
+    from service.engines.vllm.steer_tables import vectors_to_args
 
     steering = compiled.generation_steering(4.0)
 
@@ -200,7 +200,7 @@ def cache_isolation(eng: Any, compiled: CompiledARM) -> dict[str, Any]:
 
 
 def phase_serving(model: str, inp: Inputs, iterations: int, caps: list[int]) -> dict[str, Any]:
-    from service.engines.vllm_engine import VLLMEngine, VLLMSettings
+    from service.engines.vllm.engine import VLLMEngine, VLLMSettings
 
     eng = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.5, max_model_len=2048))
     try:
@@ -211,7 +211,7 @@ def phase_serving(model: str, inp: Inputs, iterations: int, caps: list[int]) -> 
 
 
 def phase_vllm(model: str, inp: Inputs, ref: dict[str, Any] | None, iterations: int, dtype: str) -> dict[str, Any]:
-    from service.engines.vllm_engine import VLLMEngine, VLLMSettings
+    from service.engines.vllm.engine import VLLMEngine, VLLMSettings
 
     eng = VLLMEngine(model, VLLMSettings(dtype=dtype, gpu_memory_utilization=0.5, max_model_len=2048),
                      default_system="You are a helpful assistant.")

@@ -27,8 +27,8 @@ from service.alignment.linear_alignment import LinearAlignmentConfig
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec, SteeringVector
 from service.engines.base import GenerationRequest, GenerationResult
-from service.engines.transformers_engine import TransformersEngine
-from service.engines.vllm_engine import VLLMEngine, VLLMSettings
+from service.engines.transformers.engine import TransformersEngine
+from service.engines.vllm.engine import VLLMEngine, VLLMSettings
 
 DATA = Path(__file__).parent / "data"
 PRINCIPLE = "Answer like a pirate: colourful, short, and always mention the sea."
@@ -97,7 +97,7 @@ def margin_at(ref: TransformersEngine, req: GenerationRequest, prefix: list[int]
     LA are combined the same way the engine does)."""
     from service.alignment.linear_alignment import linear_alignment_step
     from service.engines.chat import with_principle, with_system
-    from service.engines.hf_hooks import SteeringHooks
+    from service.engines.transformers.hooks import SteeringHooks
 
     def last_logits(messages: list[dict[str, str]]) -> torch.Tensor:
         ids = ref.encode_chat(messages) + prefix

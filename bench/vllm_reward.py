@@ -94,7 +94,7 @@ def phase_vllm32(path: str, ref: list[float]) -> dict[str, Any]:
 
 
 def phase_colocated(path: str, model: str, ref: list[float], conc: int, max_tokens: int) -> dict[str, Any]:
-    from service.engines.vllm_engine import VLLMEngine, VLLMSettings
+    from service.engines.vllm.engine import VLLMEngine, VLLMSettings
     from service.reward.reward_model import VLLMRewardModel, VLLMRewardSettings
 
     gen = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.55, max_num_seqs=256))

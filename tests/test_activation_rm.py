@@ -19,7 +19,7 @@ from service.alignment.head_selection import (
     reinforce_head_selection,
     top_heads,
 )
-from service.engines.transformers_engine import TransformersEngine
+from service.engines.transformers.engine import TransformersEngine
 from service.reward.activation_rm import (
     ActivationRMScorer,
     CompiledARM,

@@ -12,7 +12,7 @@ from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec, SteeringVector
 from service.engines.base import GenerationRequest, TokenEvent
 from service.engines.chat import with_principle, with_system
-from service.engines.transformers_engine import TransformersEngine
+from service.engines.transformers.engine import TransformersEngine
 
 PRINCIPLE = "Always answer in Japanese."
 Q = [{"role": "user", "content": "What is the capital of France?"}]

@@ -56,7 +56,7 @@ def test_vllm_stat_logger_feeds_engine_stats() -> None:
     pytest.importorskip("vllm")
     from vllm.v1.metrics.stats import IterationStats, PrefixCacheStats, SchedulerStats
 
-    from service.engines.vllm_glue.stats_logger import EngineStatsLogger
+    from service.engines.vllm.stats_logger import EngineStatsLogger
 
     sink = EngineStats(kv_cache_usage=0.0)
     logger = EngineStatsLogger(None, 0, sink=sink)

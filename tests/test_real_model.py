@@ -11,7 +11,7 @@ from service.alignment.linear_alignment import LinearAlignmentConfig
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
 from service.engines.base import GenerationRequest
-from service.engines.transformers_engine import TransformersEngine
+from service.engines.transformers.engine import TransformersEngine
 
 pytestmark = pytest.mark.slow
 

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from service.alignment.spec import SteeringVector
-from service.engines.vllm_engine import VLLMEngine, VLLMSettings, _VLLMReadout
-from service.engines.vllm_glue.capture import pack
-from service.engines.vllm_glue.pairing import EXTRA_KEY
-from service.engines.vllm_glue.steer_tables import steering_key
+from service.engines.vllm.capture import pack
+from service.engines.vllm.engine import VLLMEngine, VLLMSettings, _VLLMReadout
+from service.engines.vllm.pairing import EXTRA_KEY
+from service.engines.vllm.steer_tables import steering_key
 
 YES, NO = 7, 8
 

@@ -8,8 +8,8 @@ import torch
 
 from service.alignment.linear_alignment import nucleus_mask
 from service.alignment.spec import SteeringVector
-from service.engines.vllm_glue.pairing import PairBook, pair_tag, vetoes
-from service.engines.vllm_glue.steer_tables import (
+from service.engines.vllm.pairing import PairBook, pair_tag, vetoes
+from service.engines.vllm.steer_tables import (
     SlotAllocator,
     build_phase_tables,
     steering_key,
@@ -146,7 +146,7 @@ def test_vllm_head_capture_matches_the_transformers_engine(tiny_engine: object) 
     from types import SimpleNamespace
 
     from service.engines.base import readout_sequences
-    from service.engines.vllm_glue.capture import last_token_heads, pack, unpack
+    from service.engines.vllm.capture import last_token_heads, pack, unpack
 
     eng = tiny_engine
     hf = eng.model.model  # type: ignore[attr-defined]
@@ -168,7 +168,7 @@ def test_vllm_head_capture_matches_the_transformers_engine(tiny_engine: object) 
 
 
 def test_cache_salt_keeps_steered_kv_apart() -> None:
-    from service.engines.vllm_glue.steer_tables import cache_salt
+    from service.engines.vllm.steer_tables import cache_salt
 
     v = torch.ones(4)
     gen = vectors_to_args([SteeringVector(layer=0, vector=v)])

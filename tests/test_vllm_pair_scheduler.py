@@ -26,7 +26,7 @@ from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
 from vllm.v1.request import Request  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
-from service.engines.vllm_glue.scheduler import PairedScheduler  # noqa: E402
+from service.engines.vllm.scheduler import PairedScheduler  # noqa: E402
 
 BLOCK = 16
 EOS = 2

@@ -11,7 +11,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" \
   "$G"/whl/[Ss][Qq][Ll]*.whl "$G"/whl/pydantic_settings*.whl "$G"/whl/python_dotenv*.whl "$G"/whl/langid*.whl 2>&1 | grep -v WARNING || true
 DI="$SITE/alignserve_vllm_plugin-0.0.0.dist-info" && mkdir -p "$DI"
 printf 'Metadata-Version: 2.1\nName: alignserve-vllm-plugin\nVersion: 0.0.0\n' > "$DI/METADATA"
-printf '[vllm.general_plugins]\nalignserve = service.engines.vllm_glue.plugin:register\n' > "$DI/entry_points.txt"
+printf '[vllm.general_plugins]\nalignserve = service.engines.vllm.plugin:register\n' > "$DI/entry_points.txt"
 export PYTHONPATH=$PWD:$SITE
 M=$H/models/qwen2.5-coder-0.5b-instruct && mkdir -p "$M"
 if [ ! -f "$M/hf/config.json" ]; then

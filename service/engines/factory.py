@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 def build_engine(settings: Settings) -> Engine:
     path = resolve_model(settings.model, settings.home, progress=lambda m: log.info(m))
     if settings.backend == "vllm":
-        from .vllm_engine import VLLMEngine, VLLMSettings
+        from .vllm.engine import VLLMEngine, VLLMSettings
 
         log.info("loading model", extra={"model": path, "backend": "vllm"})
         dtype = "bfloat16" if settings.dtype == "auto" else settings.dtype
@@ -25,7 +25,7 @@ def build_engine(settings: Settings) -> Engine:
                           default_system=settings.default_system_prompt)
     from transformers.utils import logging as hf_logging
 
-    from .transformers_engine import TransformersEngine
+    from .transformers.engine import TransformersEngine
 
     hf_logging.disable_progress_bar()
 

@@ -109,7 +109,7 @@ class TransformersRewardModel(_Tokenized):
                  name: str | None = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from ..engines.transformers_engine import pick_device, pick_dtype
+        from ..engines.transformers.engine import pick_device, pick_dtype
 
         self.name = name or path
         self.device = pick_device(device)

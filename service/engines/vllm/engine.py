@@ -1,6 +1,6 @@
 """The vLLM engine: continuous batching with paired Linear-Alignment streams and in-graph steering.
 
-How the pieces fit (details in ``vllm_glue/DESIGN.md``): an LA request becomes two vLLM requests
+How the pieces fit (details in ``vllm/DESIGN.md``): an LA request becomes two vLLM requests
 tagged as a pair in ``SamplingParams.extra_args``; ``PairedLinearAlignment`` (a batch-level
 logits processor) draws one token from the aligned distribution and forces it on both rows;
 ``PairedScheduler`` commits a pair's token only when both rows sampled in the same step. Steering
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from ..alignment.spec import SteeringVector
-from .base import (
+from ...alignment.spec import SteeringVector
+from ..base import (
     EngineStats,
     GenerationRequest,
     GenerationResult,
@@ -40,14 +40,14 @@ from .base import (
     TokenEvent,
     readout_sequences,
 )
-from .chat import with_principle, with_system
-from .vllm_glue.capture import unpack
-from .vllm_glue.pairing import EXTRA_KEY
-from .vllm_glue.steer_tables import cache_salt, steering_key, vectors_to_args
+from ..chat import with_principle, with_system
+from .capture import unpack
+from .pairing import EXTRA_KEY
+from .steer_tables import cache_salt, steering_key, vectors_to_args
 
 log = logging.getLogger(__name__)
 
-GLUE = "service.engines.vllm_glue"
+GLUE = "service.engines.vllm"
 STEERABLE_ARCHS = {"Qwen2ForCausalLM"}
 
 
@@ -134,7 +134,7 @@ class VLLMEngine:
     async def _start(self, model_path: str) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from .vllm_glue.stats_logger import EngineStatsLogger
+        from .stats_logger import EngineStatsLogger
 
         return AsyncLLM.from_engine_args(engine_args(model_path, self.settings),
                                          stat_loggers=[functools.partial(EngineStatsLogger, sink=self._stats)])
@@ -347,7 +347,7 @@ class VLLMEngine:
     def capture_head_activations(self, conversations: Sequence[list[Message]],
                                  completions: Sequence[str] | None = None) -> torch.Tensor:
         """``[n, layers, heads, head_dim]`` at each conversation's last token (after its completion,
-        if given), read inside the worker by ``vllm_glue.capture`` between engine steps."""
+        if given), read inside the worker by ``capture`` between engine steps."""
         if not self.steerable:
             raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
                              f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")

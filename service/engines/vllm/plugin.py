@@ -13,4 +13,4 @@ def register() -> None:
     from .model import ARCH
 
     if ARCH not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCH, "service.engines.vllm_glue.model:SteerableQwen2ForCausalLM")
+        ModelRegistry.register_model(ARCH, "service.engines.vllm.model:SteerableQwen2ForCausalLM")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..alignment.spec import SteeringVector
+from ...alignment.spec import SteeringVector
 
 _MODES = {"last_prompt": 0, "generated": 1, "all": 2}
 

@@ -6,7 +6,7 @@ The capture therefore runs its own eager pass over the same modules (the worker 
 ``collective_rpc``, between engine steps): the model's norms, fused QKV projection, rotary
 embedding, ``o_proj`` and MLP, with attention computed by ``scaled_dot_product_attention`` over
 one sequence at a time — no KV cache, no steering. What it returns is what
-``hf_hooks.HeadCapture`` records on the transformers engine: the ``o_proj`` input of every layer
+``transformers.hooks.HeadCapture`` records on the transformers engine: the ``o_proj`` input of every layer
 at the sequence's last position.
 
 Only this module's arithmetic is model-specific; it takes the layers as arguments, so it is

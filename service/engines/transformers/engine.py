@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from ..alignment.linear_alignment import LinearAlignmentConfig, linear_alignment_step
-from ..alignment.sampling import make_generator, select_token
-from ..alignment.spec import SteeringVector
-from .base import (
+from ...alignment.linear_alignment import LinearAlignmentConfig, linear_alignment_step
+from ...alignment.sampling import make_generator, select_token
+from ...alignment.spec import SteeringVector
+from ..base import (
     EngineStats,
     GenerationRequest,
     GenerationResult,
@@ -29,8 +29,8 @@ from .base import (
     TokenEvent,
     readout_sequences,
 )
-from .chat import with_principle, with_system
-from .hf_hooks import HeadCapture, SteeringHooks
+from ..chat import with_principle, with_system
+from .hooks import HeadCapture, SteeringHooks
 
 log = logging.getLogger(__name__)
 
