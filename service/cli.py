@@ -13,10 +13,7 @@ from typing import Any
 
 from .config import EMBEDDED_MODEL, Settings
 
-_SETTINGS_FLAGS = {
-    "model": "model", "backend": "backend", "device": "device", "dtype": "dtype", "home": "home",
-    "db_url": "db_url", "max_model_len": "max_model_len", "log_level": "log_level",
-}
+_MODEL_SETTINGS = ("model", "backend", "device", "dtype", "home", "db_url", "max_model_len", "log_level")
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -33,7 +30,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Settings:
-    overrides = {k: getattr(args, a) for a, k in _SETTINGS_FLAGS.items() if getattr(args, a, None) is not None}
+    overrides = {k: getattr(args, k) for k in _MODEL_SETTINGS if getattr(args, k, None) is not None}
     overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
     return Settings(**overrides)
 

@@ -6,7 +6,6 @@ steered requests with different settings.
 
 from __future__ import annotations
 
-import concurrent.futures
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -142,14 +141,9 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-class ContinuousEngine(Engine, Protocol):
-    """An engine that batches continuously by itself (vLLM): the worker hands it each request as
-    it arrives instead of collecting batches."""
-
-    def submit(self, request: GenerationRequest) -> concurrent.futures.Future[GenerationResult]: ...
-
-
 def is_continuous(engine: Engine) -> bool:
+    """An engine that batches continuously by itself (vLLM, ``submit(request) -> Future``): the worker
+    hands it each request as it arrives instead of collecting batches."""
     return callable(getattr(engine, "submit", None))
 
 

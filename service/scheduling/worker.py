@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..engines.base import Engine, GenerationRequest, GenerationResult, is_continuous
@@ -48,7 +48,6 @@ class _Job:
     future: asyncio.Future[Any] | concurrent.futures.Future[Any]
     request: GenerationRequest | None = None
     call: Callable[[Engine], Any] | None = None
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
@@ -84,7 +83,6 @@ class EngineWorker:
         self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
         self._live: set[str] = set()
         self._live_lock = threading.Lock()
-        self.batches = 0
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -219,7 +217,6 @@ class EngineWorker:
         with self._live_lock:  # leave the live set before waking the caller (see _run_batch)
             self._live.discard(job.request.request_id)
         self._slots.release()
-        self.batches += 1
         _resolve(job, result, error)
 
     def _run_batches(self) -> None:
@@ -279,7 +276,6 @@ class EngineWorker:
             # sees the request gone from the engine.
             with self._live_lock:
                 self._live -= ids
-            self.batches += 1
         for job, res, err in outcomes:
             _resolve(job, res, err)
         if isolate:

@@ -77,7 +77,3 @@ def vetoes(book: PairBook, sampled: Mapping[str, list[int]]) -> set[str]:
         if mate is None or sampled.get(mate) != toks:
             out.add(rid)
     return out
-
-
-def in_lock_step(outputs_a: list[int], outputs_b: list[int]) -> bool:
-    return outputs_a == outputs_b
