@@ -48,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "gpu_memory_utilization": args.gpu_memory_utilization, "request_timeout_s": args.request_timeout,
         "log_format": args.log_format, "reward_model": args.reward_model,
         "reward_gpu_memory_utilization": args.reward_gpu_memory_utilization,
+        "served_model_name": args.served_model_name,
     })
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, drain_s=args.drain_timeout)
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API", description="Run the HTTP API (FastAPI + uvicorn). "
                            "The model loads in the background; /readyz turns 200 when it is ready.")
     _add_model_flags(serve)
+    serve.add_argument("--served-model-name",
+                       help="model id for /v1 clients (the 'model' field); default: a short name from --model, "
+                       "e.g. 'qwen2.5-coder-0.5b-instruct' for the embedded model, a folder's last component")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--db-url", help="profile DB: SQLAlchemy URL (default sqlite:///<home>/profiles.db; "
