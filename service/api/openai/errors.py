@@ -1,8 +1,9 @@
 """OpenAI's error shape for ``/v1`` routes: ``{"error": {"message", "type", "param", "code"}}``.
 
 The rest of alignserve answers ``{"error": {"type", "message"}}``; the /v1 routes use a route class
-(``OpenAIRoute``) that turns every error raised while handling them — request validation, the API's
-``ApiError`` from the shared generation path, auth — into OpenAI's shape and status, so that the
+(``OpenAIRoute``) that turns every error raised while handling them — request validation, the
+domain's errors from the shared generation path, auth's ``ApiError`` — into OpenAI's shape and
+status (after the API's one status mapping, ``api.errors.status_of``), so that the
 SDK raises the matching exception (``BadRequestError``, ``NotFoundError``, ``RateLimitError``...).
 alignserve's specific error type travels in ``code``.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,8 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import ApiError
+from ...domain.errors import DomainError
+from ..errors import ApiError, retry_headers, status_of
 from .schemas import error_payload
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]*$")
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 # alignserve error types whose OpenAI code differs (clients such as LangChain test for OpenAI's)
+_BRANCH_MISS = {"string_type", "model_type", "list_type", "dict_type", "model_attributes_type"}
 _CODES = {"prompt_too_long": "context_length_exceeded", "unauthorized": "invalid_api_key"}
 
 
@@ -66,6 +69,11 @@ def from_api_error(exc: ApiError) -> OpenAIError:
     return from_status(exc.status, exc.type, exc.message, exc.headers)
 
 
+def from_domain_error(exc: DomainError) -> OpenAIError:
+    """Through the API's one mapping (``api.errors.status_of``), then into OpenAI's terms."""
+    return from_status(status_of(exc), exc.code, exc.message, retry_headers(exc), exc.param)
+
+
 def param_of(loc: tuple[Any, ...] | list[Any]) -> str | None:
     """``("body", "messages", 0, "content", "str")`` -> ``"messages[0].content"``: pydantic's location
     without the body marker and the union-branch tags."""
@@ -80,11 +88,17 @@ def param_of(loc: tuple[Any, ...] | list[Any]) -> str | None:
     return out or None
 
 
+def telling_error(errors: Sequence[Any]) -> Any:
+    """The error to report: for a union (``profile: str | ProfileSpec``), pydantic lists one error per
+    branch; the one from the branch whose type matched says what is wrong."""
+    return next((e for e in errors if e.get("type") not in _BRANCH_MISS), errors[0])
+
+
 def from_validation(exc: RequestValidationError) -> OpenAIError:
     errors = list(exc.errors())
     if not errors:
         return invalid("invalid request")
-    first = errors[0]
+    first = telling_error(errors)
     kind, msg = str(first.get("type", "")), str(first.get("msg", "invalid value"))
     if kind == "json_invalid":
         return invalid(f"the request body is not valid JSON ({msg})")
@@ -104,6 +118,8 @@ def to_openai(exc: Exception) -> OpenAIError | None:
         return from_validation(exc)
     if isinstance(exc, ApiError):
         return from_api_error(exc)
+    if isinstance(exc, DomainError):
+        return from_domain_error(exc)
     return None
 
 

@@ -5,8 +5,8 @@
 - ``extra_body={"vllm_xargs": {"alignserve_profile": ..., "alignserve_la_strength": ...}}``: vLLM's
   flat convention (strings and numbers), for clients that already send ``vllm_xargs``.
 
-Both become ``AlignmentOptions``; Linear Alignment overrides are applied to the resolved profile's
-spec with ``apply_la_overrides`` so that stored, versioned and inline profiles behave alike.
+Both become ``AlignmentOptions``, which the routes put into the domain's ``GenerateCommand``; the
+Linear Alignment overrides apply to the resolved profile (stored, versioned or inline) in planning.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..schemas import LASettings, ProfileSpec
-from .errors import OpenAIError, invalid, param_of
+from ..schemas import ProfileSpec
+from .errors import OpenAIError, invalid, param_of, telling_error
 from .schemas import AlignserveOptions, LAOverrides, XargValue
 
 XARG_PREFIX = "alignserve_"
@@ -90,7 +90,7 @@ def _profile_xarg(value: XargValue, key: str) -> str | dict[str, Any]:
 
 def _xarg_error(exc: ValidationError) -> OpenAIError:
     """Name the flat key the client sent, not the nested field it became."""
-    first = exc.errors()[0]
+    first = telling_error(exc.errors())
     loc = [p for p in first.get("loc", ()) if isinstance(p, str | int)]
     if loc[:1] == ["la"] and len(loc) > 1:
         key = f"{XARG_PREFIX}la_{loc[1]}"
@@ -100,10 +100,3 @@ def _xarg_error(exc: ValidationError) -> OpenAIError:
     where = f"{key}.{rest}" if rest else key
     return invalid(f"{where}: {first.get('msg', 'invalid value')}", f"vllm_xargs.{key}")
 
-
-def apply_la_overrides(spec: ProfileSpec, overrides: dict[str, Any]) -> ProfileSpec:
-    """The profile with some Linear Alignment settings replaced (validated as a whole)."""
-    if not overrides:
-        return spec
-    la = LASettings.model_validate({**spec.la.model_dump(), **overrides})
-    return spec.model_copy(update={"la": la})

@@ -66,7 +66,7 @@ class ResponseFormat(Strict):
     type: Literal["text"] = Field("text", description="only plain text: structured output is not supported")
 
 
-class _Sampling(Strict):
+class SamplingFields(Strict):
     """Fields the chat and completion requests share."""
 
     model: str = Field(..., min_length=1, max_length=256, description="the served model id (GET /v1/models)")
@@ -143,7 +143,7 @@ class ChatMessageIn(Strict):
         return v
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1, description="deprecated by OpenAI for max_completion_tokens; "
                                    "either works (default: min(128, the server's limit))")
@@ -234,7 +234,7 @@ class ChatCompletionChunk(BaseModel):
 # ---- completions -------------------------------------------------------------------------------
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingFields):
     prompt: str | list[str] = Field(..., description="one prompt (a list of one string is accepted); it is "
                                     "sent to the model as a user message under its chat template")
     max_tokens: int | None = Field(16, ge=1, description="default 16, as OpenAI's")
