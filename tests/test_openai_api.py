@@ -99,10 +99,11 @@ def test_chat_completion_matches_generate(server: ServerProc) -> None:
     again = sdk(server.base).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_completion_tokens=12, temperature=0)
     assert again.choices[0].message.content == plain["text"]
-    stop = plain["text"][4:7]
-    if stop.strip():
-        cut = chat(sdk(server.base), stop=[stop])
-        assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].message.content
+    text = plain["text"]
+    at = next(i for i in range(2, len(text) - 1) if text[i:i + 2].isascii() and text[i:i + 2].isalnum())
+    stop = text[at:at + 2]
+    cut = chat(sdk(server.base), stop=stop)  # a plain string is a stop too
+    assert cut.choices[0].finish_reason == "stop" and cut.choices[0].message.content == text[:text.index(stop)]
 
 
 def test_chat_stream_with_usage(server: ServerProc) -> None:
@@ -168,7 +169,8 @@ def test_accepts_what_vllm_bench_serve_sends(server: ServerProc) -> None:
 def test_routes_have_their_own_metrics_label(server: ServerProc) -> None:
     chat(sdk(server.base), max_tokens=2)
     text = httpx.get(f"{server.base}/metrics").text
-    assert 'route="/v1/chat/completions"' in text and 'alignserve_requests_in_flight{route="/v1/chat/completions"}' in text
+    assert 'alignserve_requests_total{profile="none",route="/v1/chat/completions",status="200"}' in text
+    assert 'alignserve_requests_in_flight{route="/v1/chat/completions"}' in text
 
 
 # ---- alignment through extra_body ----------------------------------------------------------------
@@ -222,7 +224,8 @@ def test_errors_in_openai_shape(server: ServerProc) -> None:
     msgs = [{"role": "user", "content": PROMPT}]
     err = _raises(openai.NotFoundError, create, model="gpt-4o", messages=msgs)
     assert err.code == "model_not_found" and err.param == "model"
-    err = _raises(openai.NotFoundError, create, model=MODEL, messages=msgs, extra_body={"alignserve": {"profile": "nope"}})
+    err = _raises(openai.NotFoundError, create, model=MODEL, messages=msgs,
+                  extra_body={"alignserve": {"profile": "nope"}})
     assert err.code == "profile_not_found"
     err = _raises(openai.BadRequestError, create, model=MODEL, messages=msgs, n=2)
     assert err.param == "n" and "n > 1 is not supported" in err.message
@@ -309,7 +312,8 @@ def test_disconnect_cancels_v1_stream(held: tuple[str, Any, threading.Event]) ->
     rt.engine._forward = slow
     before = metric(base, 'alignserve_generations_total{finish_reason="cancelled"}')
     stream = sdk(base).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}],
-                                               max_tokens=60, temperature=0, stream=True, extra_body={"ignore_eos": True})
+                                               max_tokens=60, temperature=0, stream=True,
+                                               extra_body={"ignore_eos": True})
     started = time.time()
     next(iter(stream))
     stream.close()  # hang up after the first token

@@ -15,6 +15,7 @@ from ..runtime import EngineFactory, RewardFactory, Runtime
 from . import routes_generate, routes_health, routes_profiles, routes_score
 from .errors import install_error_handlers
 from .middleware import ObserveMiddleware
+from .openai import rerank as openai_rerank
 from .openai import routes as openai_routes
 
 
@@ -48,4 +49,5 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.include_router(routes_score.router)
     app.include_router(routes_profiles.router)
     app.include_router(openai_routes.router)
+    app.include_router(openai_rerank.router)
     return app
