@@ -106,6 +106,19 @@ def test_chat_completion_matches_generate(server: ServerProc) -> None:
     assert cut.choices[0].finish_reason == "stop" and cut.choices[0].message.content == text[:text.index(stop)]
 
 
+def test_sampling_and_roles_map_like_generate(server: ServerProc) -> None:
+    client = sdk(server.base)
+    system = "Be brief."
+    dev = client.chat.completions.create(model=MODEL, max_tokens=12, temperature=0, messages=[
+        {"role": "developer", "content": system}, {"role": "user", "content": PROMPT}])
+    as_system = native(server, prompt=None, messages=[{"role": "system", "content": system},
+                                                      {"role": "user", "content": PROMPT}])
+    assert dev.choices[0].message.content == as_system["text"] != native(server)["text"]
+    sampled = [chat(client, temperature=1.3, top_p=0.9, seed=7).choices[0].message.content for _ in range(2)]
+    same = native(server, temperature=1.3, top_p=0.9, seed=7)["text"]
+    assert sampled == [same, same] and same != native(server)["text"]
+
+
 def test_chat_stream_with_usage(server: ServerProc) -> None:
     client = sdk(server.base)
     chunks = list(chat(client, stream=True, stream_options={"include_usage": True}))
