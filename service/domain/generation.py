@@ -20,11 +20,11 @@ from starlette.concurrency import run_in_threadpool
 
 from ..alignment.sampling import SamplingParams
 from ..alignment.spec import AlignmentSpec
-from ..engines.base import GenerationRequest, GenerationResult, Message, TokenEvent
+from ..engines.base import GenerationRequest, GenerationResult, Message, RequestRejected, TokenEvent
 from ..language.fidelity import LanguageReport
 from ..scheduling.worker import Overloaded as QueueFull
 from ..scheduling.worker import WorkerStopped
-from .errors import ClientGone, InvalidInput, Overloaded, Timeout, TooLarge, Unavailable
+from .errors import ClientGone, DomainError, InvalidInput, Overloaded, Timeout, TooLarge, Unavailable
 from .planning import alignment_for
 from .profile_spec import ProfileSpec
 from .profiles import ResolvedProfile
@@ -101,6 +101,19 @@ def alignment_applied(profile: ResolvedProfile, alignment: AlignmentSpec,
                             strength_mode="adaptive" if la.adaptive else "fixed",
                             mean_strength=result.mean_strength if result else None,
                             steered_heads=heads, steer_strength=steer)
+
+
+def rejected(exc: RequestRejected) -> DomainError:
+    """An engine's refusal as the domain error the API maps to a 4xx."""
+    kind = TooLarge if exc.code == "prompt_too_long" else InvalidInput
+    return kind(exc.code, str(exc))
+
+
+def engine_result(fut: asyncio.Future[GenerationResult]) -> GenerationResult:
+    try:
+        return fut.result()
+    except RequestRejected as exc:
+        raise rejected(exc) from None
 
 
 def last_user(messages: list[Message]) -> str:
@@ -218,7 +231,7 @@ class Generations:
                 raise Timeout("timeout", f"generation exceeded {self.rt.settings.request_timeout_s:g}s")
             done, _ = await asyncio.wait({gen.future}, timeout=min(0.25, remaining))
             if done:
-                return self.outcome(gen, gen.future.result())
+                return self.outcome(gen, engine_result(gen.future))
             if await is_disconnected():
                 gen.cancel()
                 log.info("client disconnected; generation cancelled", extra={"request_id": gen.id})
@@ -242,7 +255,7 @@ class Generations:
                 if ev is None:
                     break
                 yield ev
-            yield self.outcome(gen, gen.future.result())
+            yield self.outcome(gen, engine_result(gen.future))
         finally:
             if not gen.future.done():
                 gen.cancel()

@@ -37,10 +37,11 @@ from ..base import (
     GenerationResult,
     Message,
     PromptSize,
+    RequestRejected,
     TokenEvent,
     readout_sequences,
 )
-from ..chat import with_principle, with_system
+from ..chat import ChatPrompts
 from .capture import unpack
 from .pairing import EXTRA_KEY
 from .steer_tables import cache_salt, steering_key, vectors_to_args
@@ -111,6 +112,7 @@ class VLLMEngine:
         self.model_name = model_path
         self.default_system = default_system
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.prompts = ChatPrompts(self.tokenizer, default_system)
         cfg = AutoConfig.from_pretrained(model_path)
         self.num_layers = int(cfg.num_hidden_layers)
         self.num_heads = int(cfg.num_attention_heads)
@@ -145,15 +147,10 @@ class VLLMEngine:
 
     # ---- prompts -------------------------------------------------------------------------
     def encode_chat(self, messages: list[Message]) -> list[int]:
-        out: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        return [int(i) for i in ids]
+        return self.prompts.encode(messages)
 
     def prompt_size(self, messages: list[Message], principle: str | None, placement: str = "system") -> PromptSize:
-        plain = len(self.encode_chat(with_system(messages, self.default_system)))
-        with_p = (len(self.encode_chat(with_principle(messages, principle, self.default_system, placement)))
-                  if principle else None)
-        return PromptSize(plain, with_p)
+        return self.prompts.size(messages, principle, placement)
 
     # ---- generation ----------------------------------------------------------------------
     def _params(self, req: GenerationRequest, max_tokens: int, tag: dict[str, Any] | None) -> Any:
@@ -166,7 +163,8 @@ class VLLMEngine:
             extra[EXTRA_KEY] = dict(tag or {})
             if req.alignment.steering:
                 if not self.steerable:
-                    raise ValueError(f"steering needs a steerable architecture ({', '.join(STEERABLE_ARCHS)})")
+                    raise RequestRejected("steering_unsupported",
+                                          f"steering needs a steerable architecture ({', '.join(STEERABLE_ARCHS)})")
                 extra[EXTRA_KEY]["steer"] = vectors_to_args(req.alignment.steering)
         paired = tag is not None
         return SamplingParams(
@@ -216,16 +214,16 @@ class VLLMEngine:
 
     async def _agenerate(self, req: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
-        plain = self.encode_chat(with_system(req.messages, self.default_system))
         la = req.alignment.la
         if la is not None and not (self.settings.glue and self.settings.pairing):
-            raise ValueError("this vLLM engine was started without Linear-Alignment pairing")
-        principle = (self.encode_chat(with_principle(req.messages, la.principle, self.default_system, la.placement))
-                     if la else None)
+            raise RequestRejected("la_unsupported", "this vLLM engine was started without Linear-Alignment pairing")
+        plain, principle = self.prompts.streams(req.messages, la.principle if la else None,
+                                                la.placement if la else "system")
         longest = max(len(plain), len(principle or []))
         max_tokens = min(req.sampling.max_tokens, self.max_model_len - longest)
         if max_tokens < 1:
-            raise ValueError(f"prompt of {longest} tokens leaves no room under max_model_len {self.max_model_len}")
+            raise RequestRejected("prompt_too_long",
+                                  f"prompt of {longest} tokens leaves no room under max_model_len {self.max_model_len}")
         rid = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
         streams: list[tuple[str, list[int], Any]] = []
         if la is None:
@@ -349,16 +347,16 @@ class VLLMEngine:
         """``[n, layers, heads, head_dim]`` at each conversation's last token (after its completion,
         if given), read inside the worker by ``capture`` between engine steps."""
         if not self.steerable:
-            raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
-                             f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+            raise RequestRejected("steering_unsupported", "compiling Activation-RM profiles on vLLM needs the "
+                                  f"steerable architecture ({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
         seqs = readout_sequences(self.encode_chat, self.tokenizer, conversations, completions)
         packed = self.call(self.llm.collective_rpc("alignserve_capture_heads", args=(seqs,)))[0]
         return unpack(packed).view(len(seqs), self.num_layers, self.num_heads, self.head_dim)
 
     def open_readout(self, conversations: Sequence[list[Message]]) -> _VLLMReadout:
         if not self.steerable:
-            raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
-                             f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+            raise RequestRejected("steering_unsupported", "compiling Activation-RM profiles on vLLM needs the "
+                                  f"steerable architecture ({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
         return _VLLMReadout(self, [self.encode_chat(c) for c in conversations])
 
     def close(self) -> None:
