@@ -138,3 +138,26 @@ def test_stored_profile_label_only_after_resolution(tmp_path: Path, tiny_model_d
         assert 'profile="nope0"' not in text and 'route="/generate",status="404"' in text
     finally:
         c.__exit__(None, None, None)
+
+
+def test_loop_bridge_coalesces_wakeups_and_keeps_order() -> None:
+    import asyncio
+    import threading
+
+    from service.domain.bridge import LoopBridge
+
+    async def run() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        bridge = LoopBridge(loop)
+        got: list[int] = []
+        t = threading.Thread(target=lambda: [bridge.post(got.append, i) for i in range(500)])
+        t.start()
+        t.join()  # the loop has not run yet: every post after the first joins the scheduled drain
+        await asyncio.sleep(0)
+        bridge.post(got.append, 500)  # from the loop itself, after the drain: a new wake-up
+        await asyncio.sleep(0)
+        return got, bridge.wakeups
+
+    got, wakeups = asyncio.run(run())
+    assert got == list(range(501))
+    assert wakeups == 2
