@@ -154,6 +154,10 @@ class VLLMEngine:
 
     # ---- generation ----------------------------------------------------------------------
     def _params(self, req: GenerationRequest, max_tokens: int, tag: dict[str, Any] | None) -> Any:
+        """vLLM sampling params of one stream. The shown stream (plain request, or an LA pair's
+        principle stream) returns only what is new each step (``DELTA``: no re-sent prefixes). An LA
+        pair's plain stream is never shown: no detokenisation, no stop-string checks, no per-step
+        output (``FINAL_ONLY``); it ends when the shown stream does (aborted) or at max_tokens."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -167,11 +171,14 @@ class VLLMEngine:
                                           f"steering needs a steerable architecture ({', '.join(STEERABLE_ARCHS)})")
                 extra[EXTRA_KEY]["steer"] = vectors_to_args(req.alignment.steering)
         paired = tag is not None
+        hidden = paired and tag is not None and tag.get("role") == "plain"
         return SamplingParams(
             max_tokens=max_tokens, temperature=0.0 if paired or sp.greedy else sp.temperature,
             top_p=1.0 if paired else sp.top_p, top_k=0 if paired or sp.top_k <= 0 else sp.top_k,
-            seed=None if paired else sp.seed, stop=list(sp.stop) or None, ignore_eos=sp.ignore_eos,
-            output_kind=RequestOutputKind.CUMULATIVE, extra_args=extra or None)
+            seed=None if paired else sp.seed, stop=None if hidden else (list(sp.stop) or None),
+            ignore_eos=sp.ignore_eos, detokenize=not hidden,
+            output_kind=RequestOutputKind.FINAL_ONLY if hidden else RequestOutputKind.DELTA,
+            extra_args=extra or None)
 
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
         """One request (two vLLM sequences for LA) from submission to its last token."""
@@ -244,15 +251,15 @@ class VLLMEngine:
         async def consume(sid: str, prompt: list[int], params: Any, lead: bool) -> None:
             async for out in self.llm.generate(self._prompt(prompt, req.alignment.steering), params, sid):
                 o = out.outputs[0]
-                if not lead:
+                if not lead:  # FINAL_ONLY: the whole output, once, if it ends by itself
                     state["mate_tokens"] = list(o.token_ids)
                     continue
-                new = list(o.token_ids)[len(state["tokens"]):]
+                new = list(o.token_ids)  # DELTA: only this step's tokens and text
                 if new and not state["tokens"]:
                     state["first"] = time.perf_counter() - started
-                delta = o.text[len(state["text"]):]
+                delta = o.text
                 state["tokens"].extend(new)
-                state["text"] = o.text
+                state["text"] += delta
                 if req.on_token is not None:
                     for j, tok in enumerate(new):
                         req.on_token(TokenEvent(req.request_id, tok, delta if j == len(new) - 1 else "",
