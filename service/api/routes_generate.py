@@ -79,11 +79,14 @@ async def generate(body: GenerateRequest, request: Request, rt: Runtime = Depend
     async def events() -> AsyncIterator[bytes]:
         yield _sse("start", {"id": gen.id})
         try:
-            async for ev in gens.stream(gen):
-                if isinstance(ev, Outcome):
-                    yield _sse("done", response_of(ev).model_dump(mode="json"))
-                elif ev.text:
-                    yield _sse("token", {"text": ev.text, "index": ev.index, "token_id": ev.token_id})
+            async for item in gens.stream(gen):
+                if isinstance(item, Outcome):
+                    yield _sse("done", response_of(item).model_dump(mode="json"))
+                    continue
+                chunk = b"".join(_sse("token", {"text": ev.text, "index": ev.index, "token_id": ev.token_id})
+                                 for ev in item if ev.text)
+                if chunk:
+                    yield chunk
         except DomainError as exc:
             yield _sse("error", {"type": exc.code, "message": exc.message})
         except Exception as exc:

@@ -22,11 +22,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ..alignment.sampling import SamplingParams
 from ..alignment.spec import AlignmentSpec
-from ..engines.base import GenerationRequest, GenerationResult, Message, TokenEvent
+from ..engines.base import GenerationRequest, GenerationResult, Message, RequestRejected, TokenEvent
 from ..language.fidelity import LanguageReport
 from ..scheduling.worker import Overloaded as QueueFull
 from ..scheduling.worker import WorkerStopped
-from .errors import ClientGone, InvalidInput, Overloaded, Timeout, TooLarge, Unavailable
+from .bridge import LoopBridge
+from .errors import ClientGone, DomainError, InvalidInput, Overloaded, Timeout, TooLarge, Unavailable
 from .planning import alignment_for
 from .profile_spec import LASettings, ProfileSpec
 from .profiles import ResolvedProfile
@@ -120,6 +121,19 @@ def with_la_overrides(profile: ResolvedProfile, overrides: Mapping[str, Any]) ->
     return dataclasses.replace(profile, spec=profile.spec.model_copy(update={"la": la}))
 
 
+def rejected(exc: RequestRejected) -> DomainError:
+    """An engine's refusal as the domain error the API maps to a 4xx."""
+    kind = TooLarge if exc.code == "prompt_too_long" else InvalidInput
+    return kind(exc.code, str(exc))
+
+
+def engine_result(fut: asyncio.Future[GenerationResult]) -> GenerationResult:
+    try:
+        return fut.result()
+    except RequestRejected as exc:
+        raise rejected(exc) from None
+
+
 def last_user(messages: list[Message]) -> str:
     return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
@@ -149,6 +163,13 @@ class Generation:
 class Generations:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self._bridge: LoopBridge | None = None
+
+    def bridge(self, loop: asyncio.AbstractEventLoop) -> LoopBridge:
+        """The engine-thread → loop hand-off (one per serving loop)."""
+        if self._bridge is None or self._bridge.loop is not loop:
+            self._bridge = LoopBridge(loop)
+        return self._bridge
 
     # ---- planning --------------------------------------------------------------------------
     async def plan(self, cmd: GenerateCommand) -> Generation:
@@ -185,7 +206,7 @@ class Generations:
     def submit(self, gen: Generation, stream: bool) -> None:
         """Hand the request to the engine worker (429 when its queue is full)."""
         model = self.rt.require_model()
-        loop = asyncio.get_running_loop()
+        bridge = self.bridge(asyncio.get_running_loop())
         metrics = self.rt.metrics
         if stream:
             gen.events = asyncio.Queue()
@@ -199,7 +220,7 @@ class Generations:
                 metrics.itl.observe(now - gen.last_token_at)
             gen.last_token_at = now
             if gen.events is not None:
-                loop.call_soon_threadsafe(gen.events.put_nowait, ev)
+                bridge.post(gen.events.put_nowait, ev)
 
         gen.request.on_token = on_token
         try:
@@ -212,8 +233,8 @@ class Generations:
 
         def settled(f: asyncio.Future[GenerationResult]) -> None:
             metrics.in_flight.labels(gen.route).dec()
-            if gen.events is not None:
-                gen.events.put_nowait(None)
+            if gen.events is not None:  # behind any token events still in the bridge
+                bridge.post(gen.events.put_nowait, None)
             if not f.cancelled() and f.exception() is None:
                 metrics.finished.labels(f.result().finish_reason).inc()
 
@@ -236,19 +257,21 @@ class Generations:
                 raise Timeout("timeout", f"generation exceeded {self.rt.settings.request_timeout_s:g}s")
             done, _ = await asyncio.wait({gen.future}, timeout=min(0.25, remaining))
             if done:
-                return self.outcome(gen, gen.future.result())
+                return self.outcome(gen, engine_result(gen.future))
             if await is_disconnected():
                 gen.cancel()
                 log.info("client disconnected; generation cancelled", extra={"request_id": gen.id})
                 raise ClientGone("client_closed", "client closed the connection")
 
-    async def stream(self, gen: Generation) -> AsyncIterator[TokenEvent | Outcome]:
-        """Token events as they are decoded, then the :class:`Outcome`. Raises :class:`Timeout` past
-        the deadline; the engine's own failure propagates. Closing the iterator early (the client
-        went away) cancels the generation."""
+    async def stream(self, gen: Generation) -> AsyncIterator[list[TokenEvent] | Outcome]:
+        """Token events as they are decoded — every event already waiting comes in one list, so a
+        client that reads slower than the engine decodes gets fewer, larger writes — then the
+        :class:`Outcome`. Raises :class:`Timeout` past the deadline; the engine's own failure
+        propagates. Closing the iterator early (the client went away) cancels the generation."""
         assert gen.future is not None and gen.events is not None
         try:
-            while True:
+            finished = False
+            while not finished:
                 remaining = gen._deadline - time.perf_counter()
                 if remaining <= 0:
                     gen.cancel()
@@ -257,10 +280,16 @@ class Generations:
                     ev = await asyncio.wait_for(gen.events.get(), timeout=remaining)
                 except TimeoutError:
                     continue
-                if ev is None:
-                    break
-                yield ev
-            yield self.outcome(gen, gen.future.result())
+                batch: list[TokenEvent] = []
+                while ev is not None:
+                    batch.append(ev)
+                    if gen.events.empty():
+                        break
+                    ev = gen.events.get_nowait()
+                finished = ev is None
+                if batch:
+                    yield batch
+            yield self.outcome(gen, engine_result(gen.future))
         finally:
             if not gen.future.done():
                 gen.cancel()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
+from ..engines.base import RequestRejected
 from ..reward import Scorer
 from ..reward.activation_rm import ActivationRMScorer
 from ..reward.judge import GenerativeJudge, rubric_for
@@ -23,6 +24,7 @@ from ..reward.reward_model import rm_conversation
 from ..scheduling.worker import Overloaded as QueueFull
 from ..scheduling.worker import WorkerStopped
 from .errors import InvalidInput, Overloaded, Timeout, TooLarge, Unavailable
+from .generation import rejected
 from .profile_spec import ProfileSpec
 from .profiles import ResolvedProfile
 
@@ -74,6 +76,8 @@ async def _wait(rt: Runtime, fut: asyncio.Future[list[float]] | concurrent.futur
         return await asyncio.wait_for(waitable, timeout=rt.settings.request_timeout_s)
     except TimeoutError:
         raise Timeout("timeout", f"{what} timed out") from None
+    except RequestRejected as exc:
+        raise rejected(exc) from None
 
 
 class EngineScoring:

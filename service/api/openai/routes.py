@@ -134,20 +134,23 @@ _DONE = b"data: [DONE]\n\n"
 
 def _sse(rt: Runtime, gen: Generation, token_chunk: Callable[[str, bool], dict[str, Any]],
          final_chunks: Callable[[Outcome, bool], list[dict[str, Any]]]) -> StreamingResponse:
-    """The event stream of one generation: a chunk per decoded piece of text (the first one when the
-    first token is decoded, so a client's time-to-first-token is the engine's), the chunk with
+    """The event stream of one generation: a chunk per batch of decoded text (all tokens waiting when
+    the client is written to; the first when the first token is decoded, so a client's time to first
+    token is the engine's), the chunk with
     ``finish_reason`` and the report, the usage chunk if asked, then ``[DONE]``. An error after the
     stream began is sent as ``data: {"error": {...}}``, which the SDK raises."""
 
     async def events() -> AsyncIterator[bytes]:
         first = True
         try:
-            async for ev in rt.generations.stream(gen):
-                if isinstance(ev, Outcome):
-                    for chunk in final_chunks(ev, first):
+            async for item in rt.generations.stream(gen):
+                if isinstance(item, Outcome):
+                    for chunk in final_chunks(item, first):
                         yield _data(chunk)
-                elif ev.text:
-                    yield _data(token_chunk(ev.text, first))
+                    continue
+                text = "".join(ev.text for ev in item)  # every token already decoded: one chunk
+                if text:
+                    yield _data(token_chunk(text, first))
                     first = False
             yield _DONE
         except Exception as exc:
