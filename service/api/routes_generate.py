@@ -18,6 +18,7 @@ from ..alignment.sampling import SamplingParams
 from ..alignment.spec import AlignmentSpec
 from ..domain.planning import alignment_for
 from ..engines.base import GenerationRequest, GenerationResult, Message, TokenEvent
+from ..scheduling.health import EngineDead
 from ..scheduling.worker import Overloaded, WorkerStopped
 from .auth import require
 from .errors import ApiError
@@ -229,7 +230,10 @@ async def generate(body: GenerateRequest, request: Request, services: Services =
             exc = fut.exception()
             if exc is not None:
                 log.error("generation failed", exc_info=exc, extra={"request_id": req.request_id})
-                yield _sse("error", {"type": "internal_error", "message": "generation failed"})
+                if isinstance(exc, EngineDead):
+                    yield _sse("error", {"type": exc.error_type, "message": str(exc)})
+                else:
+                    yield _sse("error", {"type": "internal_error", "message": "generation failed"})
                 return
             resp = _response(services, req, fut.result(), spec, label, arrived, tracker)
             yield _sse("done", resp.model_dump(mode="json"))

@@ -16,6 +16,7 @@ from ..language.fidelity import LanguageDetector
 from ..metrics.prometheus import Metrics
 from ..reward import Scorer
 from ..reward.reward_model import RewardModelRunner
+from ..scheduling.health import EngineHealth
 from ..scheduling.worker import EngineWorker
 from ..store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
 from ..store.jobs import JobStore
@@ -47,6 +48,7 @@ class Services:
     load_error: str | None = None
     reward_model: RewardModelRunner | None = None
     reward_state: str = "loading"  # loading, ready, none (not configured), failed: <why>
+    health: EngineHealth = field(default_factory=EngineHealth)  # the generator's; dead = restart the process
     _loader: threading.Thread | None = field(default=None, repr=False)
 
     def start_loading(self) -> None:
@@ -58,7 +60,7 @@ class Services:
         try:
             engine = self.engine_factory(self.settings)
             worker = EngineWorker(engine, self.settings.max_queue, self.settings.max_batch_size,
-                                  max_in_flight=self.settings.max_num_seqs)
+                                  max_in_flight=self.settings.max_num_seqs, health=self.health)
             worker.start()
             self.metrics.watch_worker(lambda: worker.depth, lambda: len(worker.live_requests))
             self.metrics.watch_engine(engine.stats)
