@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import pytest
 from service.api.app import create_app
 from service.api.http_server import EXIT_ENGINE_DEAD
 from service.engines.transformers.engine import TransformersEngine
-from service.reward.reward_model import TransformersRewardModel
 from service.reward.embedded_rm import build_rm_folder, save_head
+from service.reward.reward_model import TransformersRewardModel
 from service.scheduling.health import EngineDead, is_fatal
 
 from .conftest import make_settings
