@@ -45,6 +45,7 @@ MAX_VERSION = 2**31 - 1
 # ``name`` or ``name@version`` as the API accepts it (the bound the schema checks before the parser).
 REF_PATTERN = f"^{NAME_PATTERN}(@[0-9]{{1,10}})?$"
 MAX_REF_CHARS = 64 + 1 + 10
+_MIGRATION_LOCK = 0x616C_6967_6E73  # PostgreSQL advisory-lock key of schema migrations ("aligns")
 
 metadata = MetaData()
 profiles = Table(
@@ -112,8 +113,13 @@ class ProfileStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        metadata.create_all(self.engine)
+        """Create the schema or check its version. Replicas starting together on an empty PostgreSQL
+        database would race to create the same tables (a duplicate-key error kills one of them), so
+        there the whole migration runs under one transaction-scoped advisory lock."""
         with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            metadata.create_all(conn)
             current = conn.execute(select(func.max(schema_migrations.c.version))).scalar()
             if current is None:
                 conn.execute(insert(schema_migrations).values(version=SCHEMA_VERSION, applied_at=time.time()))
