@@ -113,6 +113,24 @@ class CoreProcessEngine:
         self.core.wait()
 
 
+class OomOnMarker:
+    """The tiny transformers engine, running out of (pretend) GPU memory on any batch holding a
+    request whose prompt contains ``OOM``."""
+
+    def __init__(self, inner: TransformersEngine) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        import torch
+
+        if any("OOM" in r.messages[-1]["content"] for r in requests):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return self.inner.generate(requests)
+
+
 class DyingBatchEngine:
     """The tiny transformers engine; once ``die`` is set, the ``generate`` in progress (it waits for
     the signal while ``hold`` is set) and every later call raise a context-poisoning CUDA error."""

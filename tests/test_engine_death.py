@@ -25,7 +25,7 @@ from service.reward.reward_model import TransformersRewardModel
 from service.scheduling.health import EngineDead, is_fatal
 
 from .conftest import make_settings
-from .fake_engines import CUDA_FAULT, CoreProcessEngine, DyingBatchEngine, EngineDeadError
+from .fake_engines import CUDA_FAULT, CoreProcessEngine, DyingBatchEngine, EngineDeadError, OomOnMarker
 from .server_proc import free_port, serve_in_thread, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +178,24 @@ def test_idle_engine_death_is_noticed_without_traffic(tmp_path: Path, tiny_model
             assert _ready(base).status_code == 503
     finally:
         engine.close()
+
+
+def test_out_of_memory_fails_only_its_request(tmp_path: Path, tiny_model_dir: Path) -> None:
+    engine = OomOnMarker(_tiny(tiny_model_dir))
+    app = create_app(make_settings(tmp_path, tiny_model_dir, max_batch_size=4, reward_model="none"),
+                     engine_factory=lambda s: engine, drain_s=3.0)  # type: ignore[arg-type,return-value]
+    with serve_in_thread(app) as base:
+        outcomes = [Outcome(base, {"prompt": p, "max_tokens": 3}) for p in ("fine", "OOM please", "also fine")]
+        for o in outcomes:
+            o.join(20)
+        assert [o.status for o in outcomes] == [200, 503, 200], [o.body for o in outcomes]
+        assert outcomes[1].error_type == "out_of_memory"
+        stream = Outcome(base, {"prompt": "OOM", "max_tokens": 3, "stream": True})
+        stream.join(20)
+        assert stream.error_type == "out_of_memory"
+        r = httpx.post(f"{base}/generate", json={"prompt": "OOM", "max_tokens": 3}, timeout=20)
+        assert r.headers["retry-after"] == "5"
+        assert not app.state.services.health.dead and _ready(base).status_code == 200
 
 
 @pytest.mark.slow

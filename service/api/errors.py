@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..scheduling.health import EngineDead
+from ..scheduling.health import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
         return error_json(exc.status, exc.type, exc.message, headers=exc.headers)
 
-    @app.exception_handler(EngineDead)
-    async def _engine_dead(_req: Request, exc: EngineDead) -> JSONResponse:
-        return error_json(503, exc.error_type, str(exc))
+    @app.exception_handler(EngineUnavailable)
+    async def _engine_unavailable(_req: Request, exc: EngineUnavailable) -> JSONResponse:
+        headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
+        return error_json(503, exc.error_type, str(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,7 +18,7 @@ from ..alignment.sampling import SamplingParams
 from ..alignment.spec import AlignmentSpec
 from ..domain.planning import alignment_for
 from ..engines.base import GenerationRequest, GenerationResult, Message, TokenEvent
-from ..scheduling.health import EngineDead
+from ..scheduling.health import EngineUnavailable
 from ..scheduling.worker import Overloaded, WorkerStopped
 from .auth import require
 from .errors import ApiError
@@ -230,7 +230,7 @@ async def generate(body: GenerateRequest, request: Request, services: Services =
             exc = fut.exception()
             if exc is not None:
                 log.error("generation failed", exc_info=exc, extra={"request_id": req.request_id})
-                if isinstance(exc, EngineDead):
+                if isinstance(exc, EngineUnavailable):
                     yield _sse("error", {"type": exc.error_type, "message": str(exc)})
                 else:
                     yield _sse("error", {"type": "internal_error", "message": "generation failed"})

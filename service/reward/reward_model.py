@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from ..engines.base import Message
-from ..scheduling.health import EngineHealth, describe, is_fatal
+from ..scheduling.health import EngineHealth, EngineOutOfMemory, describe, is_fatal, is_out_of_memory
 from ..scheduling.worker import Overloaded
 
 DEFAULT_TOKENS_PER_BATCH = 8192
@@ -110,6 +110,8 @@ class _Tokenized:
         if is_fatal(exc):
             self.health.mark_dead(describe(exc))
             return self.health.error(RM_UNAVAILABLE)
+        if is_out_of_memory(exc):
+            return EngineOutOfMemory(exc)
         return exc
 
     def encode(self, conversation: list[Message]) -> list[int]:

@@ -25,12 +25,31 @@ _FATAL_MESSAGES = ("illegal memory access", "device-side assert", "unspecified l
                    "misaligned address", "CUBLAS_STATUS_EXECUTION_FAILED", "NCCL error", "ECC error")
 
 
-class EngineDead(RuntimeError):
-    """The engine can no longer serve (HTTP 503 with ``error_type``)."""
+class EngineUnavailable(RuntimeError):
+    """The engine cannot serve this request (HTTP 503 with ``error_type``)."""
 
-    def __init__(self, message: str, error_type: str = "engine_unavailable") -> None:
+    retry_after: str | None = None
+
+    def __init__(self, message: str, error_type: str) -> None:
         super().__init__(message)
         self.error_type = error_type
+
+
+class EngineDead(EngineUnavailable):
+    """The engine can no longer serve anything."""
+
+    def __init__(self, message: str, error_type: str = "engine_unavailable") -> None:
+        super().__init__(message, error_type)
+
+
+class EngineOutOfMemory(EngineUnavailable):
+    """This request's work did not fit the accelerator's memory; the engine itself is fine."""
+
+    retry_after = "5"
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"the engine ran out of accelerator memory for this request ({describe(cause)}); "
+                         "retry later, or with a shorter prompt or fewer max_tokens", "out_of_memory")
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -38,6 +57,11 @@ def is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, EngineDead) or any(c.__name__ in _FATAL_TYPES for c in type(exc).__mro__):
         return True
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FATAL_MESSAGES)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's ``OutOfMemoryError`` (CUDA OOM), matched by name so this module needs no torch."""
+    return any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
 
 
 def describe(exc: BaseException) -> str:

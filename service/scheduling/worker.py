@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..engines.base import Engine, GenerationRequest, GenerationResult, is_continuous
-from .health import EngineHealth, describe, is_fatal
+from .health import EngineHealth, EngineOutOfMemory, describe, is_fatal, is_out_of_memory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -194,6 +194,8 @@ class EngineWorker:
         if is_fatal(exc):
             self.health.mark_dead(describe(exc))
             return self.health.error()
+        if is_out_of_memory(exc):  # this request's failure: 503 for it, the engine serves on
+            return EngineOutOfMemory(exc)
         return exc
 
     def _probe(self) -> None:
@@ -349,7 +351,7 @@ class EngineWorker:
                 outcomes = [(job, None, self._failure(exc)) for job in runnable]
             elif len(runnable) == 1:
                 log.exception("generation failed", extra={"request_id": next(iter(ids))})
-                outcomes = [(runnable[0], None, exc)]
+                outcomes = [(runnable[0], None, self._failure(exc))]
             else:  # isolate the culprit: one bad request must not fail its batch-mates
                 isolate = True
         finally:
