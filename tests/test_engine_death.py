@@ -109,14 +109,14 @@ def test_transformers_engine_death_fails_in_flight_and_queued_fast(tmp_path: Pat
     app = create_app(make_settings(tmp_path, tiny_model_dir, max_batch_size=1, reward_model="none"),
                      engine_factory=lambda s: engine, drain_s=3.0)  # type: ignore[arg-type,return-value]
     with serve_in_thread(app) as base:
-        services = app.state.services
+        rt = app.state.runtime
         engine.hold.set()
         first = Outcome(base, {"prompt": "one", "max_tokens": 4})
         _wait(engine.in_generate.is_set, 10, "the first request never reached the engine")
         queued = [Outcome(base, {"prompt": "two", "max_tokens": 4, "stream": True}),
                   Outcome(base, {"prompt": "three", "max_tokens": 4}),
                   Outcome(base, {"prompt": "q", "responses": ["a", "b"]}, path="/score")]
-        _wait(lambda: services.worker.depth == 3, 10, "requests did not queue")
+        _wait(lambda: rt.worker.depth == 3, 10, "requests did not queue")
         killed = time.monotonic()
         engine.die.set()
         for o in (first, *queued):
@@ -142,12 +142,12 @@ def test_engine_core_death_fails_streams_and_turns_readyz(tmp_path: Path, tiny_m
                      engine_factory=lambda s: engine, drain_s=3.0)  # type: ignore[arg-type,return-value]
     try:
         with serve_in_thread(app) as base:
-            services = app.state.services
+            rt = app.state.runtime
             running = [Outcome(base, {"prompt": "s", "max_tokens": 300, "stream": True}),
                        Outcome(base, {"prompt": "j", "max_tokens": 300})]
-            _wait(lambda: len(services.worker.live_requests) == 2, 10, "requests never reached the engine")
+            _wait(lambda: len(rt.worker.live_requests) == 2, 10, "requests never reached the engine")
             waiting = Outcome(base, {"prompt": "w", "max_tokens": 300})  # no slot left: waits in the worker
-            _wait(lambda: services.worker.depth == 0, 10, "the worker did not take the third request")
+            _wait(lambda: rt.worker.depth == 0, 10, "the worker did not take the third request")
             time.sleep(0.3)  # tokens are flowing
             assert running[0].events and running[0].events[-1][0] == "token"
             killed = time.monotonic()
@@ -160,7 +160,7 @@ def test_engine_core_death_fails_streams_and_turns_readyz(tmp_path: Path, tiny_m
             _wait(lambda: _ready(base).status_code == 503, 5, "/readyz still 200 5 s after the engine died")
             assert time.monotonic() - killed < 5.0
             assert "engine core" in _ready(base).json()["error"]  # whichever noticed first: a request or the probe
-            assert not services.worker.live_requests
+            assert not rt.worker.live_requests
             _assert_the_rest_keeps_answering(base)
     finally:
         engine.close()
@@ -172,7 +172,7 @@ def test_idle_engine_death_is_noticed_without_traffic(tmp_path: Path, tiny_model
                      engine_factory=lambda s: engine, drain_s=3.0)  # type: ignore[arg-type,return-value]
     try:
         with serve_in_thread(app) as base:
-            health = app.state.services.health
+            health = app.state.runtime.health
             os.kill(engine.core.pid, signal.SIGKILL)
             _wait(lambda: health.dead is not None, 3, "the worker's probe never noticed the dead core")
             assert _ready(base).status_code == 503
@@ -195,7 +195,7 @@ def test_out_of_memory_fails_only_its_request(tmp_path: Path, tiny_model_dir: Pa
         assert stream.error_type == "out_of_memory"
         r = httpx.post(f"{base}/generate", json={"prompt": "OOM", "max_tokens": 3}, timeout=20)
         assert r.headers["retry-after"] == "5"
-        assert not app.state.services.health.dead and _ready(base).status_code == 200
+        assert not app.state.runtime.health.dead and _ready(base).status_code == 200
 
 
 @pytest.mark.slow
@@ -248,7 +248,7 @@ def test_reward_model_death_leaves_the_rest_serving(tmp_path: Path, tiny_model_d
                      reward_factory=lambda s: rm)
     score = {"prompt": "q", "responses": ["a", "b"], "method": "reward_model"}
     with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=10) as c:
-        _wait(lambda: app.state.services.reward_state == "ready", 30, "the RM never loaded")
+        _wait(lambda: app.state.runtime.reward_state.ready, 30, "the RM never loaded")
         assert c.post("/score", json=score).status_code == 200
         rewards = rm.rewards
 
@@ -266,4 +266,4 @@ def test_reward_model_death_leaves_the_rest_serving(tmp_path: Path, tiny_model_d
         assert CUDA_FAULT in ready.json()["reward_model_state"]
         assert c.post("/generate", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
         assert c.post("/score", json={"prompt": "q", "responses": ["a"]}).status_code == 200
-        assert not app.state.services.health.dead
+        assert not app.state.runtime.health.dead

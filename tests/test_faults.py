@@ -52,7 +52,7 @@ def _chunks(total: int, size: int = 1000) -> Iterator[bytes]:
 
 
 def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
-    limit = client.app.state.services.settings.max_body_bytes  # type: ignore[attr-defined]
+    limit = client.app.state.runtime.settings.max_body_bytes  # type: ignore[attr-defined]
     r = client.post("/generate", content=_chunks(limit + 5000), headers={"content-type": "application/json"})
     assert "content-length" not in r.request.headers  # really chunked
     assert_error(r, 413, "body_too_large")

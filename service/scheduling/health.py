@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..domain.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 # Errors after which nothing on the engine can succeed. vLLM's is matched by name so that this
@@ -25,14 +27,11 @@ _FATAL_MESSAGES = ("illegal memory access", "device-side assert", "unspecified l
                    "misaligned address", "CUBLAS_STATUS_EXECUTION_FAILED", "NCCL error", "ECC error")
 
 
-class EngineUnavailable(RuntimeError):
-    """The engine cannot serve this request (HTTP 503 with ``error_type``)."""
+class EngineUnavailable(Unavailable):
+    """The engine cannot serve this request (HTTP 503; ``code`` is the error's type)."""
 
-    retry_after: str | None = None
-
-    def __init__(self, message: str, error_type: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
+    def __init__(self, message: str, error_type: str, retry_after: float | None = None) -> None:
+        super().__init__(error_type, message, retry_after=retry_after)
 
 
 class EngineDead(EngineUnavailable):
@@ -45,11 +44,9 @@ class EngineDead(EngineUnavailable):
 class EngineOutOfMemory(EngineUnavailable):
     """This request's work did not fit the accelerator's memory; the engine itself is fine."""
 
-    retry_after = "5"
-
     def __init__(self, cause: BaseException) -> None:
         super().__init__(f"the engine ran out of accelerator memory for this request ({describe(cause)}); "
-                         "retry later, or with a shorter prompt or fewer max_tokens", "out_of_memory")
+                         "retry later, or with a shorter prompt or fewer max_tokens", "out_of_memory", retry_after=5)
 
 
 def is_fatal(exc: BaseException) -> bool:
