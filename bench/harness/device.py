@@ -25,12 +25,12 @@ def device_label(device: object = None) -> str:
     """The GPU's name for a CUDA device, else ``cpu (<model>, <torch threads> threads)``.
 
     ``device`` is anything with a ``type`` (a ``torch.device``), a string such as "cuda:1", or
-    None for "the GPU if there is one".
+    None / "auto" for "the GPU if there is one".
     """
     import torch
 
     kind = getattr(device, "type", None) or (str(device) if device is not None else None)
-    if kind is None:
+    if kind in (None, "auto"):
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind.startswith("cuda"):
         index = getattr(device, "index", None)
