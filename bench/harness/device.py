@@ -33,9 +33,9 @@ def device_label(device: object = None) -> str:
     if kind in (None, "auto"):
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind.startswith("cuda"):
-        index = getattr(device, "index", None)
-        if index is None and ":" in kind:
-            index = int(kind.split(":", 1)[1])
+        index = device.index if isinstance(device, torch.device) else None
+        if index is None and ":" in str(device):
+            index = int(str(device).split(":", 1)[1])
         return str(torch.cuda.get_device_name(index or 0))
     return f"cpu ({cpu_model_name()}, {torch.get_num_threads()} threads)"
 
