@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:
               "iterations": args.iterations, "steer_heads": compiled.steering_heads,
               "profiles": {k: {"heads": c.heads, "info": c.info} for k, c in profiles.items()},
               "scoring": scoring, "generation": generation}
-    def ci(v: object, fmt: str = ".2f") -> str:
-        lo, hi = v  # type: ignore[misc]
+
+    def ci(v: Any, fmt: str = ".2f") -> str:
+        lo, hi = v
         return f"[{lo:{fmt}}, {hi:{fmt}}]"
 
     lines = [f"# Activation-RM profile 'answers in French': scoring and steering ({device})", "",
@@ -140,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
              "| scorer | French > English | 95% CI | logit gap Fr − En | 95% CI | P(Yes) Fr | P(Yes) En | heads |"
              " in-sample pair acc. | compile s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for k, v in scoring.items():
-        lines.append(f"| {k} | {v['accuracy']:.2f} | {ci(v['accuracy_ci'])} | {v['logit_gap']:+.3f} | "
+    for scorer, v in scoring.items():
+        lines.append(f"| {scorer} | {v['accuracy']:.2f} | {ci(v['accuracy_ci'])} | {v['logit_gap']:+.3f} | "
                      f"{ci(v['logit_gap_ci'], '+.3f')} | "
                      f"{v['mean_p_yes_french']:.3f} | {v['mean_p_yes_english']:.3f} | {v.get('heads', '–')} | "
                      f"{v.get('train_pair_accuracy', float('nan')):.2f} | {v.get('compile_s', '–')} |")

@@ -24,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -138,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
 
     # test conversations: per item the plain right/wrong answers and the four dressed-up wrong ones
-    convs, rm_convs, index = [], [], {}
+    convs: list[Any] = []
+    rm_convs: list[Any] = []
+    index: dict[tuple[int, str], int] = {}
     for i, it in enumerate(test):
         variants = {"right": plain(it.right), "wrong": plain(it.wrong)}
         variants.update({b: dressed(it.wrong, b, rng) for b in BIASES})
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     readout = engine.open_readout(convs)
     names = ["judge", *compiled]
-    options = [[]] + [c.scoring_steering() for c in compiled.values()]
+    options: list[list[Any]] = [[]] + [c.scoring_steering() for c in compiled.values()]
     p_yes = readout.yes_probability(options)
     readout.close()
     score_s = time.perf_counter() - t0
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             bad = "wrong" if split == "ordinary" else split
             wins = [float(p_yes[k, index[(i, "right")]] > p_yes[k, index[(i, bad)]]) for i in range(len(test))]
             row[split] = sum(wins) / len(wins)
-        row["probes"] = sum(float(row[b]) for b in BIASES) / len(BIASES)  # type: ignore[arg-type]
+        row["probes"] = sum(float(row[b]) for b in BIASES) / len(BIASES)  # type: ignore[arg-type,misc]
         if name in compiled:
             info = compiled[name].info
             row.update(heads=len(compiled[name].heads), compile_s=info["compile_s"],

@@ -187,6 +187,11 @@ class Backend:
         self.engine.close()
 
 
+def argmax(xs: list[float]) -> int:
+    """Index of the first largest value."""
+    return max(range(len(xs)), key=xs.__getitem__)
+
+
 def compile_profile(model: str, device: str, dtype: str, shots: int, seed: int) -> CompiledARM:
     """The Activation-RM profile (English helpful/harmless examples), on the transformers engine."""
     eng = transformers_engine(model, device=device, dtype=dtype, max_model_len=2048, default_system=DEFAULT_SYSTEM)
@@ -246,7 +251,7 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Provenance]:
     n = len(items)
     for big_n in BON:
         name = f"bon_{big_n}"
-        best = [max(range(big_n), key=lambda k, i=i: sample_rewards[k * n + i]) for i in range(n)]
+        best = [argmax([sample_rewards[k * n + i] for k in range(big_n)]) for i in range(n)]
         answers[name] = [res[best[i] * n + i].text for i in range(n)]
         tokens[name] = [res[best[i] * n + i].completion_tokens for i in range(n)]
         decoded[name] = sum(res[k * n + i].completion_tokens for k in range(big_n) for i in range(n)) / n

@@ -128,7 +128,7 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
     print(f"reference done in {time.perf_counter() - t0:.0f}s", flush=True)
     eng = vllm_engine(model, max_model_len=4096, gpu_memory_utilization=0.5, dtype=dtype,
                       cudagraph_sizes=CUDAGRAPH_SIZES, strict_pairs=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (v_la, v_steer) in variants.items():
         got = eng.generate([request(i, t, max_tokens, v_la, v_steer) for i, t in enumerate(texts)])
         exact, matched, total, divs = 0, 0, 0, []
@@ -159,11 +159,11 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
           "(small = a bf16 near-tie).\n",
           "| variant | identical | token match | first divergences (position: gap) | changed vs base (ref) |",
           "|---|---|---|---|---|"]
-    for r in rows:
+    for row in rows:
         dv = ", ".join(f"{d['position']}: {d['ref_logit_gap']:.3f}" if d["ref_logit_gap"] is not None
-                       else f"{d['position']}: length" for d in r["divergences"]) or "—"
-        md.append(f"| {r['variant']} | {r['identical']}/{r['prompts']} | {r['token_match_rate']:.3f} | {dv} | "
-                  f"{r['outputs_changed_vs_base_in_reference']} |")
+                       else f"{d['position']}: length" for d in row["divergences"]) or "—"
+        md.append(f"| {row['variant']} | {row['identical']}/{row['prompts']} | {row['token_match_rate']:.3f} | "
+                  f"{dv} | {row['outputs_changed_vs_base_in_reference']} |")
     payload = {"dtype": dtype, "max_tokens": max_tokens, "rows": rows}
     suffix = "" if dtype == "bfloat16" else f"_{dtype}"
     write(out, f"vllm_equivalence{suffix}", payload, "\n".join(md) + "\n")

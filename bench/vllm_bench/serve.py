@@ -167,8 +167,8 @@ def api_checks(url: str, checks: Checks) -> None:
         for method in ("judge", "activation_rm"):
             body: dict[str, Any] = {"prompt": q, "responses": [en, fr], "method": method}
             body.update({"profile": "french"} if method == "activation_rm" else {"rubric": d["rubric"]})
-            r = c.post("/score", json=body)
-            checks.add(f"/score {method}", r.status_code == 200 and len(r.json()["scores"]) == 2, r.json())
+            resp = c.post("/score", json=body)
+            checks.add(f"/score {method}", resp.status_code == 200 and len(resp.json()["scores"]) == 2, resp.json())
         before = metric_values(c.get("/metrics").text)
         s = stream(c, {"prompt": "Count from 1 to 2000, one number per line.", "max_tokens": 1000}, stop_after=5)
         t0 = time.monotonic()
