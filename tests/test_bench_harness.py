@@ -44,14 +44,19 @@ def test_bootstrap_reproduces_the_intervals_of_the_existing_results() -> None:
     # the intervals now in bench/results/quality_eval_*.json and cross_lingual_h100.json
     assert bootstrap_ci([1, 0, 0.5, 1, 0, 1, 1, 0]) == (0.25, 0.875)
     assert bootstrap_ci([1.0] * 5 + [0.0] * 5, seed=3) == (0.2, 0.8)
+    # one rng.choice per draw, not rng.choices (which draws other numbers: (0.2333, 0.7083) here)
+    assert bootstrap_ci([0.1, 0.4, 0.35, 0.8, 0.9, 0.2]) == pytest.approx((0.24166666666666667, 0.6916666666666665))
 
 
 def test_bootstrap_follows_its_documented_draws_and_ranks() -> None:
-    values, rounds, seed = [0.0, 1.0, 1.0, 0.5, 0.25], 40, 11
+    values, rounds, seed = [0.13, 0.71, 0.02, 0.55, 0.91], 40, 11
     rng = random.Random(seed)  # the docstring's recipe, by hand
     means = sorted(sum(rng.choice(values) for _ in values) / len(values) for _ in range(rounds))
     assert bootstrap_ci(values, rounds=rounds, seed=seed) == (means[1], means[38])  # a = 0.025: ranks 1, 39 - 1
     assert bootstrap_ci(values, rounds=rounds, seed=seed, level=0.5) == (means[10], means[29])
+    # 90 %: a * rounds is 1.9999999999999996 in floats; the rank is still 2 (and 38 - 1 at the top)
+    assert means[1] < means[2]
+    assert bootstrap_ci(values, rounds=rounds, seed=seed, level=0.9) == (means[2], means[37])
 
 
 def test_bootstrap_edge_cases() -> None:
@@ -121,6 +126,28 @@ def test_git_revision_names_this_checkout(monkeypatch: pytest.MonkeyPatch) -> No
     assert git_revision() == "abc123 (copied tree)"
     monkeypatch.delenv("BENCH_GIT_REVISION")
     assert git_revision(Path("/")) == "unknown"
+
+
+def test_git_revision_ignores_rewritten_results_but_not_code(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BENCH_GIT_REVISION", raising=False)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "x_cpu.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "bench" / "results" / "x_cpu.json").write_text('{"new": 1}')  # a re-run's results
+    (tmp_path / "untracked.py").write_text("")
+    assert git_revision(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_revision(tmp_path) == head + "+dirty"
 
 
 def test_write_results_records_device_command_date_and_revision(tmp_path: Path,
