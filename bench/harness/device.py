@@ -33,10 +33,8 @@ def device_label(device: object = None) -> str:
     if kind in (None, "auto"):
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind.startswith("cuda"):
-        index = device.index if isinstance(device, torch.device) else None
-        if index is None and ":" in str(device):
-            index = int(str(device).split(":", 1)[1])
-        return str(torch.cuda.get_device_name(index or 0))
+        _, _, index = str(device).partition(":")  # "cuda:1" (a torch.device prints the same way)
+        return str(torch.cuda.get_device_name(int(index or 0)))
     return f"cpu ({cpu_model_name()}, {torch.get_num_threads()} threads)"
 
 
