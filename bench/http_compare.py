@@ -143,7 +143,8 @@ def markdown(res: dict[str, Any]) -> str:
         la = res["la"]
         lines += ["", f"Linear Alignment over HTTP (stored profile via `vllm_xargs`): alignserve LA@{la['c']} "
                   f"{la['la']['output_throughput']:.0f} tok/s, vllm@{2 * la['c']} "
-                  f"{la['stock_2c']['output_throughput']:.0f} tok/s → HTTP LA efficiency **{la['efficiency']}** (LA@C / (stock@2C / 2)); ITL p50 "
+                  f"{la['stock_2c']['output_throughput']:.0f} tok/s → HTTP LA efficiency **{la['efficiency']}** "
+                  f"(LA@C / (stock@2C / 2)); ITL p50 "
                   f"{la['la']['median_itl_ms']:.2f} ms."]
     return "\n".join(lines) + "\n"
 
