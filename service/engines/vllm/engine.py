@@ -306,6 +306,11 @@ class VLLMEngine:
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats)
 
+    def health_error(self) -> str | None:
+        """Dead or alive without traffic (the worker probes it; ``scheduling/health.py``): vLLM sets
+        ``errored`` as soon as its engine-core process is gone."""
+        return "the vLLM engine core is dead" if self.llm.errored else None
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         async def all_of() -> list[GenerationResult]:
             return list(await asyncio.gather(*(self.agenerate(r) for r in requests)))
