@@ -337,6 +337,28 @@ def test_disconnect_cancels_v1_stream(held: tuple[str, Any, threading.Event]) ->
     assert time.time() - started < 3  # 60 tokens at 30 ms a step would not have finished yet
 
 
+def test_disconnect_cancels_v1_non_streaming(held: tuple[str, Any, threading.Event]) -> None:
+    base, rt, gate = held
+    gate.set()
+    forward = rt.engine._forward
+
+    def slow(*args: Any, **kwargs: Any) -> Any:  # 60 tokens take > 3.6 s: past the 3 s deadline
+        time.sleep(0.06)
+        return forward(*args, **kwargs)
+
+    rt.engine._forward = slow
+    cancelled = 'alignserve_generations_total{finish_reason="cancelled"}'
+    before = metric(base, cancelled)
+    impatient = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=0.5)
+    started = time.time()
+    with pytest.raises(openai.APITimeoutError):
+        chat(impatient, max_tokens=60, extra_body={"ignore_eos": True})
+    while time.time() - started < 2.0 and metric(base, cancelled) <= before:
+        time.sleep(0.05)
+    assert metric(base, cancelled) == before + 1  # the server noticed the hang-up, not its deadline
+    assert time.time() - started < 2.5
+
+
 def test_api_keys_and_scopes(tmp_path: Path, tiny_model_dir: Path) -> None:
     app = create_app(make_settings(tmp_path, tiny_model_dir, require_api_key=True, served_model_name=MODEL))
     with serve_in_thread(app) as base:
