@@ -96,7 +96,7 @@ def bench_cmd(url: str, tokenizer: str, concurrency: int, num_prompts: int, inpu
            "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
            str(output_len), "--random-range-ratio", "0", "--ignore-eos", "--num-prompts", str(num_prompts),
            "--max-concurrency", str(concurrency), "--percentile-metrics", "ttft,itl,tpot",
-           "--metric-percentiles", "50,99", "--save-result", "--result-dir", str(result.parent),
+           "--metric-percentiles", "50,99", "--temperature", "0", "--save-result", "--result-dir", str(result.parent),
            "--result-filename", result.name, "--seed", "0"]
     if extra_body:
         cmd += ["--extra-body", json.dumps(extra_body)]
