@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from bench.harness import Provenance, device_label, write_files
+
 SERVED = "bench-model"
 LA_PROFILE = {"name": "bench-la", "principle": "Answer in one short sentence.", "la": {"strength": 3.0}}
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "completed",
@@ -121,11 +123,11 @@ def ratios(al: dict[str, float], vl: dict[str, float]) -> dict[str, float | None
             "median_ttft": div(vl["median_ttft_ms"], al["median_ttft_ms"])}
 
 
-def markdown(res: dict[str, Any]) -> str:
-    lines = [f"# alignserve HTTP vs `vllm serve` on {res['device']}", "",
+def markdown(res: dict[str, Any], prov: Provenance) -> str:
+    lines = [f"# alignserve HTTP vs `vllm serve` on {prov.device}", "",
              f"Model `{res['model']}` ({res['model_info']}), input {res['input_len']} / output {res['output_len']} "
              f"tokens, EOS ignored, client `vllm bench serve` (vLLM {res['vllm_version']}, streamed "
-             f"/v1/completions), medians of {res['rounds']} interleaved rounds. Reproduce: `{res['command']}`.", "",
+             f"/v1/completions), medians of {res['rounds']} interleaved rounds. Reproduce: `{prov.command}`.", "",
              "| concurrency | server | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | failed |",
              "|---|---|---|---|---|---|---|---|"]
     for c, row in res["levels"].items():
@@ -150,8 +152,6 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
     out_dir = args.work
     out_dir.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
@@ -192,10 +192,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import vllm
 
     res: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "model": args.model, "model_info": args.model_info, "vllm_version": vllm.__version__,
         "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
-        "command": "python -m bench.http_compare " + " ".join(sys.argv[1:]), "exits": codes, "levels": {},
+        "exits": codes, "levels": {},
     }
     for c in levels:
         v, a = median_of(results["vllm"][c]), median_of(results["alignserve"][c])
@@ -231,11 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="write <out>.json and <out>.md")
     args = ap.parse_args(argv)
     res = run(args)
-    md = markdown(res)
+    prov = Provenance.collect(device_label(None))
+    md = markdown(res, prov)
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(md)
+    write_files(args.out.with_suffix(""), res, md, prov)
     return 0
 
 

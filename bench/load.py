@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="unknown", help="device label for the report")
     ap.add_argument("--mix", action="store_true",
                     help="mixed traffic: stored profile, adaptive LA, non-English prompts, /score, invalid requests")
-    ap.add_argument("--out", type=Path, help="write <out>.json and <out>.md, e.g. bench/results/load_h100_cpu")
+    ap.add_argument("--out", type=Path, help="write <out>.json/.md, e.g. bench/results/load_h100_transformers")
     args = ap.parse_args(argv)
     if urlparse(args.url).hostname not in LOCAL_HOSTS:
         raise SystemExit("refusing to load a non-loopback address")

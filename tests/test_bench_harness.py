@@ -277,7 +277,7 @@ def test_vllm_entry_dispatches_phases_in_order(monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.usefixtures("no_vllm")
 @pytest.mark.parametrize("script", ["cpu_decode", "language_fidelity", "arm_steering", "preference_hack", "load",
-                                    "quality_eval"])
+                                    "quality_eval", "soak", "http_compare"])
 def test_script_help_without_vllm(script: str, capsys: pytest.CaptureFixture[str]) -> None:
     module = importlib.import_module(f"bench.{script}")
     with pytest.raises(SystemExit) as exc:
