@@ -15,6 +15,7 @@ def test_bench_command_is_vllms_documented_random_run(tmp_path: Path) -> None:
     for part in ("bench serve", "--dataset-name random", "--ignore-eos", "--max-concurrency 64", "--num-prompts 128",
                  "--endpoint /v1/completions", "--random-input-len 128", "--random-output-len 128"):
         assert part in joined, part
+    assert cmd[:2] == ["bench", "serve"]
     assert cmd[cmd.index("--extra-body") + 1] == '{"vllm_xargs": {"alignserve_profile": "p"}}'
 
 
