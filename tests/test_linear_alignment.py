@@ -46,6 +46,9 @@ def test_nucleus_mask_hand_example(sync_free: bool, fast_k: int) -> None:
     assert mask(0.81) == [[True, True, True, False]]
     assert mask(1e-6) == [[True, False, False, False]]  # the best token is always kept
     assert mask(1.0) == [[True, True, True, True]]  # p = 1: no constraint at all
+    # ... even where float32 mass reaches 1.0 before the tail (mass before 1.0 is not < 1)
+    tail = torch.tensor([[0.0, -30.0, -30.0, -40.0]])
+    assert nucleus_mask(tail, torch.tensor([1.0]), None, fast_k, sync_free).all()
 
 
 def test_step_masks_outside_principle_nucleus_and_keeps_rows_independent() -> None:

@@ -36,9 +36,10 @@ def test_greedy_rows_take_the_argmax_and_tiny_temperatures_are_greedy() -> None:
 
 
 def test_top_k_mask_per_row() -> None:
-    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [1.0, 3.0, 2.0, 0.0], [1.0, 3.0, 3.0, 0.0]])
-    keep = top_k_mask(logits, torch.tensor([2, 0, 1]), max_k=2)
-    assert keep.tolist() == [[False, True, True, False], [True] * 4, [False, True, True, False]]  # ties kept
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [1.0, 3.0, 2.0, 0.0], [1.0, 3.0, 3.0, 0.0], [1.0, 3.0, 2.0, 0.0]])
+    keep = top_k_mask(logits, torch.tensor([2, 0, 1, 1]), max_k=2)
+    assert keep.tolist() == [[False, True, True, False], [True] * 4, [False, True, True, False],  # ties kept
+                             [False, True, False, False]]
 
 
 def _probs_float64(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
