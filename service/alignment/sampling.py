@@ -96,24 +96,31 @@ def nucleus_mask(logits: torch.Tensor, top_p: torch.Tensor, temperature: torch.T
     x = logits.float()
     if temperature is not None:
         x = x / temperature.float().unsqueeze(-1)
-    probs = torch.softmax(x, dim=-1)
+    return nucleus_mask_of_probs(torch.softmax(x, dim=-1), top_p, fast_k, sync_free)
+
+
+def nucleus_mask_of_probs(probs: torch.Tensor, top_p: torch.Tensor, fast_k: int = NUCLEUS_FAST_K,
+                          sync_free: bool | None = None) -> torch.Tensor:
+    """``nucleus_mask`` of an already computed ``softmax`` (float32)."""
     p = top_p.float().unsqueeze(-1)
-    everything = p >= 1.0
     if sync_free is None:
         sync_free = probs.device.type != "cpu"
     vocab = probs.shape[-1]
     if sync_free or fast_k >= vocab:
-        mask = _keep_from_sorted(*probs.sort(dim=-1, descending=True), p, probs.shape)
-        return mask | everything
+        p = torch.where(p >= 1.0, float("inf"), p)  # top_p >= 1: every token's mass before is below it
+        return _keep_from_sorted(*probs.sort(dim=-1, descending=True), p, probs.shape)
     top, order = probs.topk(fast_k, dim=-1)
     mask = _keep_from_sorted(top, order, p, probs.shape)
+    everything = (p >= 1.0).squeeze(-1)
     # covered: the top-k already holds top_p, so every later token has mass_before >= top_p
-    uncovered = ((top.cumsum(-1)[:, -1:] < p) & ~everything).squeeze(-1).nonzero().squeeze(-1)
+    uncovered = ((top.cumsum(-1)[:, -1] < p.squeeze(-1)) & ~everything).nonzero().squeeze(-1)
     if uncovered.numel():
         sub = probs.index_select(0, uncovered)
         full = _keep_from_sorted(*sub.sort(dim=-1, descending=True), p.index_select(0, uncovered), sub.shape)
         mask.index_copy_(0, uncovered, full)
-    return mask | everything
+    if bool(everything.any()):
+        mask[everything] = True
+    return mask
 
 
 def top_k_mask(logits: torch.Tensor, top_k: torch.Tensor, max_k: int) -> torch.Tensor:
@@ -123,8 +130,8 @@ def top_k_mask(logits: torch.Tensor, top_k: torch.Tensor, max_k: int) -> torch.T
     k = min(max_k, vocab)
     values = logits.topk(k, dim=-1).values
     kth = values.gather(-1, (top_k.clamp(1, k) - 1).unsqueeze(-1))
-    off = (top_k <= 0).unsqueeze(-1)
-    return (logits >= kth) | off
+    kth = torch.where((top_k <= 0).unsqueeze(-1), float("-inf"), kth)
+    return logits >= kth
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ class SamplingBatch:
     generators: tuple[torch.Generator, ...]  # the seeded rows', in order after the unseeded
     max_top_k: int  # 0 when no row uses top-k
     any_top_p: bool
+    all_sampled_in_order: bool  # sampled_rows == arange(size): no gather, no greedy rows
 
     @classmethod
     def build(cls, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None],
@@ -171,6 +179,7 @@ class SamplingBatch:
             n_unseeded=len(unseeded), generators=tuple(gens),
             max_top_k=max((p.top_k for p in chosen), default=0),
             any_top_p=any(p.top_p < 1.0 for p in chosen),
+            all_sampled_in_order=order == list(range(len(params))),
         )
 
     @property
@@ -178,29 +187,40 @@ class SamplingBatch:
         return not self.n_unseeded and not self.generators
 
 
-def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                   max_top_k: int, any_top_p: bool, sync_free: bool | None = None) -> torch.Tensor:
-    """The distribution a sampled row draws from: ``softmax`` of ``logits / T`` after top-k, then
-    top-p (the nucleus of the top-k-renormalised distribution), in float32."""
+def sampling_weights(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                     max_top_k: int, any_top_p: bool, sync_free: bool | None = None) -> torch.Tensor:
+    """What a sampled row draws from, up to a per-row factor: ``softmax`` of ``logits / T`` after
+    top-k, restricted to its top-p nucleus (of the top-k-renormalised distribution). The race is
+    invariant to scaling a row, so the nucleus is not renormalised (``sampling_probs`` is)."""
     x = logits.float() / temperature.float().unsqueeze(-1)
     if max_top_k > 0:
-        x = x.masked_fill(~top_k_mask(x, top_k, max_top_k), float("-inf"))
+        x = x.masked_fill_(~top_k_mask(x, top_k, max_top_k), float("-inf"))
+    probs = torch.softmax(x, dim=-1)
     if any_top_p:
-        x = x.masked_fill(~nucleus_mask(x, top_p, sync_free=sync_free), float("-inf"))
-    return torch.softmax(x, dim=-1)
+        probs = probs.masked_fill_(~nucleus_mask_of_probs(probs, top_p, sync_free=sync_free), 0.0)
+    return probs
 
 
-def exponential_race(probs: torch.Tensor, n_unseeded: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One categorical draw per row: ``argmax(p / E)``, ``E ~ Exp(1)``. Rows ``[:n_unseeded]`` use
-    the device's default generator, row ``n_unseeded + j`` uses ``generators[j]``."""
-    noise = torch.empty_like(probs)
+def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                   max_top_k: int, any_top_p: bool, sync_free: bool | None = None) -> torch.Tensor:
+    """The distribution a sampled row draws from (``sampling_weights`` normalised)."""
+    w = sampling_weights(logits, temperature, top_k, top_p, max_top_k, any_top_p, sync_free)
+    return w / w.sum(dim=-1, keepdim=True)
+
+
+def exponential_race(weights: torch.Tensor, n_unseeded: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One categorical draw per row, proportional to ``weights``: ``argmax(w / E)``, ``E ~ Exp(1)``.
+    Rows ``[:n_unseeded]`` use the device's default generator, row ``n_unseeded + j`` uses
+    ``generators[j]``. ``E = -log(U)``: the same law as ``exponential_``, several times faster on CPU."""
+    noise = torch.empty_like(weights)
     if n_unseeded:
-        noise[:n_unseeded].exponential_()
+        noise[:n_unseeded].uniform_()
     for j, gen in enumerate(generators):
-        noise[n_unseeded + j].exponential_(generator=gen)
-    # Exp(1) draws of exactly 0 happen (u = 0); 0/0 would be NaN, which argmax would pick.
+        noise[n_unseeded + j].uniform_(generator=gen)
+    noise.log_().neg_()  # U in [0, 1): E in (0, inf]; E = inf only gives w / E = 0
+    # guard E = 0 anyway (a backend whose U can reach 1): 0/0 would be NaN, which argmax would pick
     noise.clamp_min_(torch.finfo(noise.dtype).tiny)
-    return (probs / noise).argmax(dim=-1)
+    return (weights / noise).argmax(dim=-1)
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch, sync_free: bool | None = None) -> torch.Tensor:
@@ -208,11 +228,12 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, sync_free: bool | None = 
     ``nucleus_mask`` (default: on accelerators)."""
     if logits.shape[0] != batch.size:
         raise ValueError(f"logits have {logits.shape[0]} rows, sampling settings {batch.size}")
-    tokens = logits.argmax(dim=-1)
     if batch.all_greedy:
-        return tokens
-    sub = logits.index_select(0, batch.sampled_rows)
-    probs = sampling_probs(sub, batch.temperature, batch.top_k, batch.top_p, batch.max_top_k, batch.any_top_p,
-                           sync_free)
-    drawn = exponential_race(probs, batch.n_unseeded, batch.generators)
-    return tokens.index_copy(0, batch.sampled_rows, drawn)
+        return logits.argmax(dim=-1)
+    sub = logits if batch.all_sampled_in_order else logits.index_select(0, batch.sampled_rows)
+    weights = sampling_weights(sub, batch.temperature, batch.top_k, batch.top_p, batch.max_top_k,
+                               batch.any_top_p, sync_free)
+    drawn = exponential_race(weights, batch.n_unseeded, batch.generators)
+    if batch.all_sampled_in_order:
+        return drawn
+    return logits.argmax(dim=-1).index_copy_(0, batch.sampled_rows, drawn)
