@@ -8,7 +8,7 @@ with its plan built once (as both engines do between batch changes), on the path
 nucleus) to show its cost on CPU.
 
 Logits are synthetic: ``randn * 2`` plus a peaked head (five tokens +12, "peaked", where the
-64-token fast path covers the nucleus), or plain ``randn * 2`` ("flat", where it never does).
+64-token fast path covers the nucleus), or plain ``randn * 2`` ("flat", where it covers only nuclei cut by top-k first).
 
 Usage:  python -m bench.sampler_micro [--batch 64] [--vocab 151936] [--repeats 5] [--threads N]
 Writes bench/results/sampler_micro_<device>.json and .md.
@@ -187,7 +187,8 @@ def main() -> None:
     lines += ["", "Scenarios: la_greedy = 64 LA pairs (r=3), greedy; la_sampled = 64 LA pairs, T=1, top-p 0.9, "
               "seeded; plain_sampled = 64 plain rows, T=0.8, top-k 50, top-p 0.95, half seeded. peaked logits: "
               "randn*2 with five tokens +12 (the 64-token fast path covers every nucleus); flat: randn*2 (it never "
-              "does).", "", f"Note: {meta['note']}."]
+              "covers the LA plausibility nucleus nor a top-p-only nucleus; after top-k 50 it always does).", "",
+              f"Note: {meta['note']}."]
     (RESULTS / f"sampler_micro_{device}.md").write_text("\n".join(lines) + "\n")
 
 

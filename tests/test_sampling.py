@@ -235,3 +235,14 @@ def test_greedy_tokens_are_the_same_under_both_sampling_modes() -> None:
             rows = [DecodeRow(2 * i, 2 * i + 1, la, GREEDY, None) for i in range(6)]
             tokens.append(decode_step(logits, DecodePlan.build(rows, "cpu")).tokens)
         assert torch.equal(tokens[0], tokens[1])
+
+
+def test_profile_la_settings_carry_the_sampling_mode() -> None:
+    from pydantic import ValidationError
+
+    from service.domain.profile_spec import LASettings
+
+    assert LASettings().to_config("p").sampling == "request"
+    assert LASettings(sampling="authors").to_config("p").sampling == "authors"
+    with pytest.raises(ValidationError):
+        LASettings(sampling="paper")  # type: ignore[arg-type]
