@@ -10,7 +10,7 @@ nucleus) to show its cost on CPU.
 Logits are synthetic: ``randn * 2`` plus a peaked head (five tokens +12, "peaked", where the
 64-token fast path covers the nucleus), or plain ``randn * 2`` ("flat", where it covers only nuclei cut by top-k first).
 
-Usage:  python -m bench.sampler_micro [--batch 64] [--vocab 151936] [--repeats 5] [--threads N]
+Usage:  python -m bench.sampler_micro [--batch 64] [--vocab 151936] [--repeats 5] [--threads N] [--device cuda]
 Writes bench/results/sampler_micro_<device>.json and .md.
 """
 
@@ -118,6 +118,7 @@ def make_logits(n: int, vocab: int, peaked: bool, seed: int = 0) -> torch.Tensor
 
 
 def timed(fn: Callable[[], object]) -> float:
+    """Wall time of one step; every variant ends in a host read of its tokens, as the engines do."""
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -126,8 +127,9 @@ def timed(fn: Callable[[], object]) -> float:
 def measure(name: str, shape: str, batch: int, vocab: int, repeats: int, device: str) -> dict:
     base = scenario(name, batch)
     n_rows = 2 * batch if base[0].la is not None else batch
-    logits = make_logits(n_rows, vocab, shape == "peaked")
-    gens_old = [None if r.sampling.greedy else torch.Generator().manual_seed(r.sampling.seed or 0) for r in base]
+    logits = make_logits(n_rows, vocab, shape == "peaked").to(device)
+    gens_old = [None if r.sampling.greedy else torch.Generator(device).manual_seed(r.sampling.seed or 0)
+                for r in base]
     rows = [DecodeRow(r.plain_row, r.principle_row, r.la, r.sampling,
                       row_generator(effective_sampling(r.la, r.sampling), device)) for r in base]
     plan = DecodePlan.build(rows, device)
@@ -155,10 +157,11 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the lead's GPU check)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = "cpu"
+    device = args.device
     rows_out = []
     for shape in ("peaked", "flat"):
         for name in ("la_greedy", "la_sampled", "plain_sampled"):
@@ -166,15 +169,18 @@ def main() -> None:
             rows_out.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "all_ms"}), flush=True)
     command = (f"python -m bench.sampler_micro --batch {args.batch} --vocab {args.vocab} --repeats {args.repeats}"
-               + (f" --threads {args.threads}" if args.threads else ""))
-    meta = {"device": device, "cpu": platform.machine(), "processor": platform.processor() or "unknown",
+               + (f" --threads {args.threads}" if args.threads else "")
+               + (f" --device {device}" if device != "cpu" else ""))
+    name = device if device == "cpu" else torch.cuda.get_device_name()
+    meta = {"device": name, "cpu": platform.machine(), "processor": platform.processor() or "unknown",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": args.repeats,
             "statistic": "median step time, ms", "command": command,
             "load_average": list(os.getloadavg()),
             "note": "2 CPU cores shared with other jobs (see load_average): absolute times vary between runs; "
                     "old/new/sync-free runs interleave so load hits them alike"}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"sampler_micro_{device}.json").write_text(json.dumps({"meta": meta, "rows": rows_out}, indent=1))
+    stem = f"sampler_micro_{device.split(':')[0]}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows_out}, indent=1))
     lines = [f"# Decoding step micro-benchmark ({device}, {meta['threads']} threads, torch {meta['torch']})", "",
              f"One step: aligned logits (LA rows) + one token per request, batch {args.batch} requests x vocab "
              f"{args.vocab}, median of {args.repeats} interleaved runs. Reproduce: `{command}`.", "",
@@ -189,7 +195,7 @@ def main() -> None:
               "randn*2 with five tokens +12 (the 64-token fast path covers every nucleus); flat: randn*2 (it never "
               "covers the LA plausibility nucleus nor a top-p-only nucleus; after top-k 50 it always does).", "",
               f"Note: {meta['note']}."]
-    (RESULTS / f"sampler_micro_{device}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
