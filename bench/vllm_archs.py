@@ -65,8 +65,8 @@ def family_config(family: str, special: dict[str, int], vocab: int = VOCAB) -> A
         return tf.Qwen2Config(**c)
     if family == "qwen3":
         return tf.Qwen3Config(**c, head_dim=32)  # q/k norms
-    if family == "gemma2":
-        return tf.Gemma2Config(**c, head_dim=32, query_pre_attn_scalar=32, sliding_window=32,
+    if family == "gemma2":  # vLLM's Gemma-2 requires tied embeddings
+        return tf.Gemma2Config(**{**c, "tie_word_embeddings": True}, head_dim=32, query_pre_attn_scalar=32, sliding_window=32,
                                layer_types=["sliding_attention", "full_attention"],
                                attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
     if family == "gemma3":
@@ -95,6 +95,10 @@ def tiny_model(family: str, special: dict[str, int], vocab: int = VOCAB, seed: i
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.15)
+        if model.config.get_text_config().tie_word_embeddings:
+            # tied and scaled by sqrt(hidden) (Gemma), large embeddings make every step copy its input
+            # token; small ones leave the stream to the layers
+            model.get_input_embeddings().weight.normal_(0.0, 0.03)
     return model
 
 
@@ -359,7 +363,10 @@ def markdown(payload: dict[str, Any]) -> str:
                   f"- compiled: {s.get('compiled')}",
                   f"- steered `/generate` (strength 0 vs 4): {json.dumps(s.get('steered_generate'))}",
                   f"- ok: {s.get('ok')}; error: {s.get('error')}"]
-    lines += ["", f"Command (GPU host): `{payload['command']}`", ""]
+    cmds = payload["command"] if isinstance(payload["command"], list) else [payload["command"]]
+    lines += ["", "Command (GPU host, after installing vLLM 0.26 into /tmp/site; `PYTHONPATH=/tmp/site:$PWD "
+              "VLLM_USE_FLASHINFER_SAMPLER=0`):", ""] + [f"- `{c}`" for c in cmds]
+    lines += [""] + [f"{n}\n" for n in payload.get("notes", [])]
     return "\n".join(lines)
 
 
