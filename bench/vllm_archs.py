@@ -66,8 +66,8 @@ def family_config(family: str, special: dict[str, int], vocab: int = VOCAB) -> A
     if family == "qwen3":
         return tf.Qwen3Config(**c, head_dim=32)  # q/k norms
     if family == "gemma2":  # vLLM's Gemma-2 requires tied embeddings
-        return tf.Gemma2Config(**{**c, "tie_word_embeddings": True}, head_dim=32, query_pre_attn_scalar=32, sliding_window=32,
-                               layer_types=["sliding_attention", "full_attention"],
+        return tf.Gemma2Config(**{**c, "tie_word_embeddings": True}, head_dim=32, query_pre_attn_scalar=32,
+                               sliding_window=32, layer_types=["sliding_attention", "full_attention"],
                                attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
     if family == "gemma3":
         return tf.Gemma3TextConfig(**c, head_dim=32, query_pre_attn_scalar=32, sliding_window=32,
