@@ -49,4 +49,6 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           ("vllm_reward",)),
     Suite("compile", "compile", "Activation-RM compile on the vLLM engine vs the transformers reference",
           ("vllm_compile",)),
+    Suite("archs", "archs", "eight decoder families: steering, LA and head capture vs the transformers reference",
+          ("vllm_archs",)),
 )}

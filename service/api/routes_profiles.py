@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..domain.errors import Conflict, InvalidInput, NotFound, Overloaded, TooLarge
+from ..domain.generation import rejected
+from ..engines.base import RequestRejected
 from ..jobs.runner import COMPILE_KIND, examples_from_spec
 from ..reward.judge import judge_conversation, rubric_for
 from ..runtime import Runtime
@@ -47,6 +49,12 @@ def _check_example_lengths(rt: Runtime, spec: ProfileSpec) -> None:
     """Every example must fit the model as a zero-shot judge query (4xx before any work)."""
     assert spec.activation_rm is not None
     engine = rt.require_model().engine
+    check_capture = getattr(engine, "check_head_capture", None)  # refuse a compile the model cannot do, now
+    if check_capture is not None:
+        try:
+            check_capture()
+        except RequestRejected as exc:
+            raise rejected(exc) from None
     rubric = rubric_for(spec.principle, spec.rubric)
     examples = examples_from_spec(spec.activation_rm.model_dump())
     longest = max(examples, key=lambda e: len(e.prompt) + len(e.response))

@@ -35,6 +35,8 @@ class LAOverrides(Strict):
     plausibility_top_p: float | None = Field(None, gt=0.0, le=1.0)
     plausibility_temperature: float | None = Field(None, ge=0.01, le=10.0)
     placement: Literal["system", "user"] | None = None
+    sampling: Literal["request", "authors"] | None = Field(
+        None, description="'authors': sample as Linear Alignment's official code (one temperature for both)")
 
 
 class AlignserveOptions(Strict):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from ...alignment.decoding import DecodePlan, DecodeRow, decode_step
 from ...alignment.linear_alignment import LinearAlignmentConfig
@@ -95,7 +95,11 @@ class TransformersEngine:
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{model_path} has no chat template; alignserve needs one")
         self.prompts = ChatPrompts(self.tokenizer, default_system)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
+        # Attention-logit soft-capping (Gemma-2) is skipped by SDPA, which some transformers
+        # versions still pick for such models: the reference must use the eager kernel there.
+        softcap = getattr(AutoConfig.from_pretrained(model_path).get_text_config(), "attn_logit_softcapping", None)
+        extra: dict[str, Any] = {"attn_implementation": "eager"} if softcap else {}
+        model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype, **extra)
         self.model: Any = model.to(self.device)
         self.model.eval()
         self._cache_kw = cache_keyword(self.model)

@@ -4,10 +4,12 @@ How the pieces fit (details in ``vllm/DESIGN.md``): an LA request becomes two vL
 tagged as a pair in ``SamplingParams.extra_args``; ``PairedLinearAlignment`` (a batch-level
 logits processor) draws one token from the aligned distribution and forces it on both rows;
 ``PairedScheduler`` commits a pair's token only when both rows sampled in the same step. Steering
-vectors travel in ``extra_args`` too and are applied inside the model's forward by the steerable
-Qwen2 architecture, so CUDA graphs stay on. vLLM runs its engine core in a subprocess; this
-class drives ``AsyncLLM`` from a private event-loop thread so the synchronous ``Engine`` API (used
-by the worker thread) and the async benchmark share one code path.
+vectors travel in ``extra_args`` too and are applied inside the model's forward by the model's own
+decoder layers and attention out-projections, wrapped at load time (``worker.AlignserveWorker``),
+so CUDA graphs stay on — for any decoder family ``decoder_layout`` knows, at any TP size. vLLM
+runs its engine core in a subprocess; this class drives ``AsyncLLM`` from a private event-loop
+thread so the synchronous ``Engine`` API (used by the worker thread) and the async benchmark share
+one code path.
 """
 
 from __future__ import annotations
@@ -42,14 +44,15 @@ from ..base import (
     readout_sequences,
 )
 from ..chat import ChatPrompts
+from ..decoder_layout import SteeringUnsupported, check_steering
 from .capture import unpack
 from .pairing import EXTRA_KEY
+from .sharding import gather_heads
 from .steer_tables import cache_salt, steering_key, vectors_to_args
 
 log = logging.getLogger(__name__)
 
 GLUE = "service.engines.vllm"
-STEERABLE_ARCHS = {"Qwen2ForCausalLM"}
 
 
 @dataclass
@@ -70,6 +73,7 @@ class VLLMSettings:
     # thousands of one-token requests; bounding them leaves the engine to the live traffic.
     compile_concurrency: int = 32
     dtype: str = "bfloat16"
+    tensor_parallel_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,7 +84,8 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
     kw: dict[str, Any] = dict(model=model_path, tokenizer=model_path, dtype=s.dtype,
                               max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
                               max_num_seqs=s.max_num_seqs, enable_prefix_caching=True,
-                              enforce_eager=s.enforce_eager, disable_log_stats=False)
+                              enforce_eager=s.enforce_eager, disable_log_stats=False,
+                              tensor_parallel_size=s.tensor_parallel_size)
     if s.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = s.max_num_batched_tokens
     if s.num_gpu_blocks:
@@ -90,10 +95,7 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
     if s.async_scheduling is not None:
         kw["async_scheduling"] = s.async_scheduling
     if s.glue:
-        arch = (AutoConfig.from_pretrained(model_path).architectures or [""])[0]
-        if arch in STEERABLE_ARCHS:
-            kw["hf_overrides"] = {"architectures": ["AlignserveQwen2ForCausalLM"]}
-        kw.update(worker_extension_cls=f"{GLUE}.worker.SteeringWorkerExtension",
+        kw.update(worker_cls=f"{GLUE}.worker.AlignserveWorker",
                   additional_config={"alignserve_steer_slots": s.steer_slots,
                                      "alignserve_strict_pairs": s.strict_pairs})
         if s.pairing:
@@ -113,10 +115,13 @@ class VLLMEngine:
         self.default_system = default_system
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.prompts = ChatPrompts(self.tokenizer, default_system)
-        cfg = AutoConfig.from_pretrained(model_path)
+        top = AutoConfig.from_pretrained(model_path)
+        cfg = top.get_text_config()
+        self.architecture = (getattr(top, "architectures", None) or [type(top).__name__])[0]
         self.num_layers = int(cfg.num_hidden_layers)
         self.num_heads = int(cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.hidden_size = int(cfg.hidden_size)
         self.max_model_len = self.settings.max_model_len
         self.yes_id = int(self.tokenizer.encode("Yes", add_special_tokens=False)[0])
         self.no_id = int(self.tokenizer.encode("No", add_special_tokens=False)[0])
@@ -130,8 +135,14 @@ class VLLMEngine:
         self._thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
         self._thread.start()
         self.llm: Any = self.call(self._start(model_path))
-        self.steerable = bool(self.call(self.llm.collective_rpc("alignserve_install_steering"))[0]) \
-            if self.settings.glue else False
+        # one entry per rank: what AlignserveWorker attached at load time (or why it did not)
+        self.steering_info: list[dict[str, Any]] = (
+            list(self.call(self.llm.collective_rpc("alignserve_steering_info"))) if self.settings.glue else [])
+        self.steerable = bool(self.steering_info) and all(i["supported"] for i in self.steering_info)
+        if self.steerable:
+            i0 = self.steering_info[0]
+            self.num_layers, self.num_heads, self.head_dim = int(i0["layers"]), int(i0["heads"]), int(i0["head_dim"])
+        log.info("vLLM steering: %s", "attached" if self.steerable else self._why_not_steerable())
 
     async def _start(self, model_path: str) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -144,6 +155,30 @@ class VLLMEngine:
     def call(self, coro: Any, timeout: float | None = None) -> Any:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return fut.result(timeout)
+
+    # ---- steering checks -------------------------------------------------------------------
+    def _why_not_steerable(self) -> str:
+        if not self.settings.glue:
+            return "the engine was started without alignserve's glue (stock vLLM)"
+        reasons = {str(i.get("reason")) for i in self.steering_info if not i.get("supported")}
+        return "; ".join(sorted(reasons)) or "no steering information from the workers"
+
+    def validate_steering(self, vectors: Sequence[SteeringVector]) -> None:
+        """Raise ``SteeringUnsupported`` (no layout on this architecture) or ``InvalidSteering``
+        (a layer/head outside the model) before anything reaches vLLM's workers."""
+        if not vectors:
+            return
+        if not self.steerable:
+            raise SteeringUnsupported(self.architecture, self._why_not_steerable())
+        check_steering(vectors, self.num_layers, self.num_heads, self.head_dim, self.hidden_size)
+
+    def check_head_capture(self) -> None:
+        """Raise ``SteeringUnsupported`` where an Activation-RM compile cannot run on this model."""
+        if not self.steerable:
+            raise SteeringUnsupported(self.architecture, self._why_not_steerable())
+        problems = {str(i["capture"]) for i in self.steering_info if i.get("capture")}
+        if problems:
+            raise SteeringUnsupported(self.architecture, "head capture: " + "; ".join(sorted(problems)))
 
     # ---- prompts -------------------------------------------------------------------------
     def encode_chat(self, messages: list[Message]) -> list[int]:
@@ -166,9 +201,7 @@ class VLLMEngine:
         if tag is not None or req.alignment.steering:
             extra[EXTRA_KEY] = dict(tag or {})
             if req.alignment.steering:
-                if not self.steerable:
-                    raise RequestRejected("steering_unsupported",
-                                          f"steering needs a steerable architecture ({', '.join(STEERABLE_ARCHS)})")
+                self.validate_steering(req.alignment.steering)
                 extra[EXTRA_KEY]["steer"] = vectors_to_args(req.alignment.steering)
         paired = tag is not None
         hidden = paired and tag is not None and tag.get("role") == "plain"
@@ -182,6 +215,7 @@ class VLLMEngine:
 
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
         """One request (two vLLM sequences for LA) from submission to its last token."""
+        self.validate_steering(req.alignment.steering)
         async with self._steering_admitted(req.alignment.steering):
             return await self._agenerate(req)
 
@@ -331,6 +365,7 @@ class VLLMEngine:
 
         from vllm import SamplingParams
 
+        self.validate_steering(steering)
         extra = {EXTRA_KEY: {"steer": vectors_to_args(steering)}} if steering else None
         salted = self._prompt([], steering)  # the salt is computed once per spec, not per request
 
@@ -359,17 +394,18 @@ class VLLMEngine:
                                  completions: Sequence[str] | None = None) -> torch.Tensor:
         """``[n, layers, heads, head_dim]`` at each conversation's last token (after its completion,
         if given), read inside the worker by ``capture`` between engine steps."""
-        if not self.steerable:
-            raise RequestRejected("steering_unsupported", "compiling Activation-RM profiles on vLLM needs the "
-                                  f"steerable architecture ({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+        self.check_head_capture()
         seqs = readout_sequences(self.encode_chat, self.tokenizer, conversations, completions)
-        packed = self.call(self.llm.collective_rpc("alignserve_capture_heads", args=(seqs,)))[0]
-        return unpack(packed).view(len(seqs), self.num_layers, self.num_heads, self.head_dim)
+        if any(len(s) > self.max_model_len for s in seqs):
+            raise ValueError(f"a capture sequence is longer than max_model_len {self.max_model_len}")
+        per_rank = self.call(self.llm.collective_rpc("alignserve_capture_heads", args=(seqs,)))
+        parallel = bool(self.steering_info[0].get("parallel", True)) if self.steering_info else True
+        acts = gather_heads([unpack(p) for p in per_rank], parallel)
+        return acts.view(len(seqs), self.num_layers, self.num_heads, self.head_dim)
 
     def open_readout(self, conversations: Sequence[list[Message]]) -> _VLLMReadout:
         if not self.steerable:
-            raise RequestRejected("steering_unsupported", "compiling Activation-RM profiles on vLLM needs the "
-                                  f"steerable architecture ({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+            raise SteeringUnsupported(self.architecture, self._why_not_steerable())
         return _VLLMReadout(self, [self.encode_chat(c) for c in conversations])
 
     def close(self) -> None:
