@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,33 @@ def markdown(res: dict[str, Any], prov: Provenance) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def report(args: argparse.Namespace, results: dict[str, dict[int, list[dict[str, float]]]],
+           la_runs: list[dict[str, float]], rounds_done: int, exits: dict[str, int | None] | None) -> dict[str, Any]:
+    """Medians over the rounds done so far (a partial report survives a run cut short)."""
+    import vllm
+
+    levels = [int(x) for x in args.levels.split(",")]
+    res: dict[str, Any] = {
+        "model": args.model, "model_info": args.model_info, "vllm_version": vllm.__version__,
+        "input_len": args.input_len, "output_len": args.output_len, "rounds": rounds_done,
+        "exits": exits, "levels": {},
+    }
+    for c in levels:
+        if results["vllm"].get(c) and results["alignserve"].get(c):
+            v, a = median_of(results["vllm"][c]), median_of(results["alignserve"][c])
+            res["levels"][c] = {"vllm": v, "alignserve": a, "ratio": ratios(a, v)}
+    c = args.la_concurrency
+    if args.la and la_runs and results["vllm"].get(2 * c):
+        la, stock2 = median_of(la_runs), median_of(results["vllm"][2 * c])
+        stock = stock2["output_throughput"]
+        eff = round(la["output_throughput"] / (stock / 2), 3) if stock else None
+        res["la"] = {"c": c, "la": la, "stock_2c": stock2, "efficiency": eff}
+    res["raw"] = {k: {str(c): runs for c, runs in v.items()} for k, v in results.items()} | {"la": la_runs}
+    return res
+
+
+def run(args: argparse.Namespace, publish: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Both servers up, then ``--rounds`` interleaved rounds; ``publish`` gets the report after each."""
     out_dir = args.work
     out_dir.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
@@ -172,6 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     al = alignserve_server(args.model, args.port + 1, args.mem, top, out_dir / "home", out_dir / "alignserve.log")
     results: dict[str, dict[int, list[dict[str, float]]]] = {"vllm": {}, "alignserve": {}}
     la_runs: list[dict[str, float]] = []
+    done = 0
     try:
         vl.start("/v1/models", args.start_timeout)
         al.start("/readyz", args.start_timeout)
@@ -197,25 +225,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     al.url, args.model, c, max(args.min_prompts, args.prompts_per_slot * c), args.input_len,
                     args.output_len, res_file, extra))))
                 print(json.dumps({"round": rnd, "server": "alignserve-la", "c": c, **la_runs[-1]}), flush=True)
+            done = rnd + 1
+            publish(report(args, results, la_runs, done, None))
     finally:
         codes = {"alignserve_exit": al.stop(), "vllm_exit": vl.stop()}
-    import vllm
-
-    res: dict[str, Any] = {
-        "model": args.model, "model_info": args.model_info, "vllm_version": vllm.__version__,
-        "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
-        "exits": codes, "levels": {},
-    }
-    for c in levels:
-        v, a = median_of(results["vllm"][c]), median_of(results["alignserve"][c])
-        res["levels"][c] = {"vllm": v, "alignserve": a, "ratio": ratios(a, v)}
-    if args.la:
-        c = args.la_concurrency
-        la, stock2 = median_of(la_runs), median_of(results["vllm"][2 * c])
-        stock = stock2["output_throughput"]
-        eff = round(la["output_throughput"] / (stock / 2), 3) if stock else None
-        res["la"] = {"c": c, "la": la, "stock_2c": stock2, "efficiency": eff}
-    res["raw"] = {k: {str(c): runs for c, runs in v.items()} for k, v in results.items()} | {"la": la_runs}
+    res = report(args, results, la_runs, done, codes)
+    publish(res)
     return res
 
 
@@ -238,11 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/http_compare"))
     ap.add_argument("--out", type=Path, required=True, help="write <out>.json and <out>.md")
     args = ap.parse_args(argv)
-    res = run(args)
     prov = Provenance.collect(device_label(None))
-    md = markdown(res, prov)
-    print(md)
-    write_files(args.out.with_suffix(""), res, md, prov)
+
+    def publish(res: dict[str, Any]) -> None:
+        write_files(args.out.with_suffix(""), res, markdown(res, prov), prov)
+
+    res = run(args, publish)
+    print(markdown(res, prov))
     return 0
 
 

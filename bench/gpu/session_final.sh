@@ -8,10 +8,9 @@ export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=
 export BENCH_GIT_REVISION=${BENCH_GIT_REVISION:-unknown}
 bash /tmp/stage/install.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpuw/whl/*.whl 2>&1 | grep -v WARNING || true
-DI=/tmp/site/alignserve_vllm_plugin-0.0.0.dist-info && mkdir -p "$DI"
-printf 'Metadata-Version: 2.1\nName: alignserve-vllm-plugin\nVersion: 0.0.0\n' > "$DI/METADATA"
-printf '[vllm.general_plugins]\nalignserve = service.engines.vllm.plugin:register\n' > "$DI/entry_points.txt"
 [ -f /tmp/rand-0.5b/config.json ] || python3 -m bench.random_checkpoint --shape 0.5b --tokenizer .gpuw/tok --out /tmp/rand-0.5b
 python3 -m bench.cuda_sampling --model /tmp/rand-0.5b --out "$OUT/cuda_sampling" || echo "cuda_sampling exit $?"
+python3 -m bench.sampler_micro --device cuda --batch 64 --vocab 151936 --repeats 5 || echo "sampler_micro exit $?"
+cp bench/results/sampler_micro_cuda.* "$OUT/" 2>/dev/null || true
 python3 -m bench.http_compare --model /tmp/rand-0.5b --model-info "random-weight Qwen2 at the 0.5B shape, peaked head" \
   --levels "${LEVELS:-1,8,64,256}" --rounds "${ROUNDS:-3}" --la --out "$OUT/http_compare"
