@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from bench.harness import Provenance, device_label, model_path, write_results
 from service.alignment.linear_alignment import LinearAlignmentConfig
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
-from service.config import EMBEDDED_MODEL, default_home
+from service.config import EMBEDDED_MODEL
 from service.engines.base import GenerationRequest, GenerationResult
 from service.engines.transformers.engine import TransformersEngine
-from service.models.provision import resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEM = "You are a helpful assistant."
@@ -110,26 +107,13 @@ def measure(engine: TransformersEngine) -> dict[str, dict[str, object]]:
     return out
 
 
-def device_name(engine: TransformersEngine) -> str:
-    if engine.device.type == "cuda":
-        return torch.cuda.get_device_name(engine.device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def write_results(rows: dict[str, dict[str, object]], device: str, command: str, stem: str) -> Path:
-    """bench/results/<stem>.json (everything, answers included) and .md (the table)."""
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / stem
-    out.with_suffix(".json").write_text(json.dumps(
-        {"device": device, "model": EMBEDDED_MODEL, "command": command, "prompts": list(PROMPTS),
-         "max_tokens": MAX_TOKENS, "system": SYSTEM, "japanese_answer_kana_share": JAPANESE_ANSWER,
-         "variants": list(rows.values())}, ensure_ascii=False, indent=2) + "\n")
+def markdown(rows: dict[str, dict[str, object]], device: str) -> str:
     lines = [f"# Linear Alignment's effect on the 0.5B model ({device})", "",
              f"Model `{EMBEDDED_MODEL}`, transformers engine, float32, greedy, {len(PROMPTS)} prompts "
              f"(`bench/la_effect.py`), max_tokens={MAX_TOKENS}, system prompt \"{SYSTEM}\". Kana share = share of "
              f"the answer's non-space characters that are hiragana/katakana (Han is not counted: Chinese uses it "
              f"too); an answer counts as Japanese from a kana share of {JAPANESE_ANSWER}. Strength 0 = the "
-             f"principle as a system prompt only. Reproduce: `{command}`.", "",
+             f"principle as a system prompt only.", "",
              "| variant | principle | strength | mean kana share | Japanese answers | mean tokens |",
              "|---|---|---|---|---|---|"]
     for r in rows.values():
@@ -139,18 +123,19 @@ def write_results(rows: dict[str, dict[str, object]], device: str, command: str,
     for r in rows.values():
         first = r["answers"][0]  # type: ignore[index]
         lines.append(f"- {r['variant']}: {first['text']!r}")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return out
+    return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     args = ap.parse_args()
-    engine = open_engine(resolve_model(EMBEDDED_MODEL, default_home()), args.device)
+    engine = open_engine(model_path(EMBEDDED_MODEL), args.device)
     rows = measure(engine)
-    command = "python -m bench.la_effect" + (f" --device {args.device}" if args.device != "cpu" else "")
-    out = write_results(rows, device_name(engine), command, f"la_effect_{engine.device.type}")
+    prov = Provenance.collect(device_label(engine.device))
+    payload = {"model": EMBEDDED_MODEL, "prompts": list(PROMPTS), "max_tokens": MAX_TOKENS, "system": SYSTEM,
+               "japanese_answer_kana_share": JAPANESE_ANSWER, "variants": list(rows.values())}
+    out = write_results(RESULTS, "la_effect", payload, markdown(rows, prov.device), prov)
     print(f"wrote {out}.json and {out}.md", file=sys.stderr)
     return 0
 
