@@ -84,6 +84,11 @@ def test_selection_finds_the_only_heads_that_matter_in_a_tiny_model(tiny_model_d
     mask = torch.zeros(engine.num_layers * engine.num_heads)
     for layer, h in planted:
         mask[layer * engine.num_heads + h] = 1
+    singles = torch.eye(engine.num_layers * engine.num_heads)
+    effect = (readout.yes_probability([head_patches(means, m) for m in singles])
+              - readout.yes_probability([[]])).abs().amax(1)
+    moves = {(i // engine.num_heads, i % engine.num_heads) for i in range(len(singles)) if effect[i] > 1e-3}
+    assert moves == planted and float(effect.max()) > 0.1  # the set-up: only the planted heads matter
     p = readout.yes_probability([[], head_patches(means, mask)])
     labels = p[1] > p[0]  # what the planted patch pushes toward: only those heads can get there
     assert 0 < int(labels.sum()) < len(queries) or bool((p[1] - p[0]).abs().min() > 1e-3)
@@ -93,7 +98,7 @@ def test_selection_finds_the_only_heads_that_matter_in_a_tiny_model(tiny_model_d
     chosen, zero, patched = select_heads(readout.yes_probability, means, likelihood,
                                          ReinforceConfig(iterations=60, samples=4, seed=0), max_heads=4)
     ranked = {(i // engine.num_heads, i % engine.num_heads) for i in chosen}
-    assert planted <= ranked or ranked <= planted and ranked
+    assert ranked == planted  # both, and nothing else (seeds 0-2 all give this)
     assert float(label_log_likelihood(patched.unsqueeze(0), labels)[0]) > \
         float(label_log_likelihood(zero.unsqueeze(0), labels)[0])
     # ranking: labels = the top half when only head (0, 2) is patched (patching both planted heads
@@ -108,7 +113,7 @@ def test_selection_finds_the_only_heads_that_matter_in_a_tiny_model(tiny_model_d
                                          ReinforceConfig(iterations=60, samples=4, seed=0), max_heads=4)
     readout.close()
     ranked = {(i // engine.num_heads, i % engine.num_heads) for i in chosen}
-    assert planted <= ranked or ranked <= planted and ranked
+    assert ranked == {(0, 2)}  # the head that makes this order; adding (1, 1) breaks it
     assert float(pair_accuracy(patched, good, bad)) > float(pair_accuracy(zero, good, bad))
 
 
@@ -179,6 +184,7 @@ def test_compile_roundtrip_and_no_heads_scores_like_the_judge(tiny_engine: Trans
                               (e.num_layers, e.num_heads, e.head_dim, e.max_model_len), "tiny")
 
 
+PRINCIPLE = "Always answer in Japanese."
 ARM_BODY = {
     "name": "arith",
     "rubric": "Is the answer right?",
@@ -231,8 +237,24 @@ def test_compile_job_then_score_and_steer_then_survive_restart(tmp_path: Path, t
         assert steered["alignment"]["method"] == "activation_steering"
         assert off["alignment"]["steered_heads"] == 0 and off["text"] == plain["text"]
         assert steered["text"] != plain["text"]
-        with_la = client.post("/generate", json={**gen, "profile": "arith"}).json()
-        assert with_la["text"] == steered["text"]  # deterministic (greedy)
+        again_steered = client.post("/generate", json=gen).json()
+        assert again_steered["text"] == steered["text"]  # deterministic (greedy)
+
+        # the same examples with a principle: the same compiled heads, plus Linear Alignment
+        la_body = {**ARM_BODY, "name": "arith-la", "principle": PRINCIPLE, "la": {"strength": 8.0}}
+        assert _wait_job(client, client.post("/profiles", json=la_body).json()["id"])["status"] == "succeeded"
+        prof_la = client.get("/profiles/arith-la").json()
+        assert prof_la["compiled"]["steer_heads"] == prof["compiled"]["steer_heads"]
+        both = client.post("/generate", json={**gen, "profile": "arith-la"}).json()
+        la_only = client.post("/generate", json={**gen, "profile": "arith-la", "steer_strength": 0}).json()
+        inline_la = client.post("/generate", json={**gen, "profile": {"principle": PRINCIPLE,
+                                                                      "la": {"strength": 8.0}}}).json()
+        assert both["alignment"]["method"] == "linear_alignment+activation_steering"
+        assert both["alignment"]["principle"] == PRINCIPLE and both["alignment"]["steered_heads"] == 3
+        assert la_only["alignment"]["method"] == "linear_alignment" and la_only["text"] == inline_la["text"]
+        assert la_only["text"] != plain["text"]  # LA alone changes the answer
+        assert both["text"] != steered["text"]  # and it changes the steered one: LA ran with the steering
+        assert both["text"] != la_only["text"]
     finally:
         client.__exit__(None, None, None)
 

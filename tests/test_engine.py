@@ -82,21 +82,38 @@ def test_mixed_batch_equals_individual_runs(tiny_engine: TransformersEngine) -> 
 
 
 def test_max_tokens_stop_strings_and_streaming(tiny_engine: TransformersEngine) -> None:
+    """``ignore_eos`` makes the answer run to ``max_tokens``, so it is long enough for a stop string
+    taken from its middle — one that straddles two tokens, so its first character arrives a step
+    before the match and must be held back. The stopped answer is the prefix before the stop
+    string, and what streams out is exactly that."""
     events: list[TokenEvent] = []
-    r = req("s", None, max_tokens=20)
+    r = req("s", None, max_tokens=20, ignore_eos=True)
     r.on_token = events.append
     [full] = tiny_engine.generate([r])
-    assert full.completion_tokens <= 20
+    assert full.finish_reason == "length" and full.completion_tokens == 20
     assert "".join(e.text for e in events) == full.text
     assert [e.index for e in events] == list(range(full.completion_tokens))
-    if len(full.text) > 4:
-        stop = full.text[2:4]
-        [cut] = tiny_engine.generate([req("c", None, max_tokens=20, stop=(stop,))])
-        assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
+    straddling = []  # (where, stop): last char of one token's text + first char of the next's
+    end = 0
+    for a, b in zip(events, events[1:], strict=False):
+        end += len(a.text)
+        if a.text and b.text and end >= 2 and full.text.find(a.text[-1] + b.text[0]) == end - 1:
+            straddling.append((end - 1, a.text[-1] + b.text[0]))
+    assert straddling, [e.text for e in events]  # the set-up: such a stop string exists
+    where, stop = straddling[0]
+    cut_events: list[TokenEvent] = []
+    c = req("c", None, max_tokens=20, ignore_eos=True, stop=(stop,))
+    c.on_token = cut_events.append
+    [cut] = tiny_engine.generate([c])
+    assert cut.finish_reason == "stop" and cut.text == full.text[:where]
+    assert cut.completion_tokens < full.completion_tokens
+    assert "".join(e.text for e in cut_events) == cut.text  # the stop string never streams out
 
 
 def test_cancellation_stops_decoding(tiny_engine: TransformersEngine) -> None:
-    r = req("x", None, max_tokens=50)
+    """``ignore_eos`` rules out a natural stop before the cancel, so the request must end cancelled
+    right after the token whose callback cancelled it; the request batched with it is unaffected."""
+    r = req("x", None, max_tokens=50, ignore_eos=True)
     cancel_after = 3
 
     def on_token(ev: TokenEvent) -> None:
@@ -106,9 +123,9 @@ def test_cancellation_stops_decoding(tiny_engine: TransformersEngine) -> None:
     r.on_token = on_token
     other = req("y", None, max_tokens=12)
     res, res_other = tiny_engine.generate([r, other])
-    if res.finish_reason != "stop":
-        assert res.finish_reason == "cancelled" and res.completion_tokens == cancel_after
-    assert res_other.finish_reason in ("stop", "length")
+    assert res.finish_reason == "cancelled" and res.completion_tokens == cancel_after
+    [alone] = tiny_engine.generate([req("y", None, max_tokens=12)])
+    assert res_other.finish_reason in ("stop", "length") and res_other.token_ids == alone.token_ids
 
 
 def test_seeded_sampling_reproducible(tiny_engine: TransformersEngine) -> None:

@@ -7,63 +7,53 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.alignment.linear_alignment import LinearAlignmentConfig
+from bench.la_effect import JAPANESE_ANSWER, STRENGTH, kana_share, measure, open_engine
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
 from service.engines.base import GenerationRequest
 from service.engines.transformers.engine import TransformersEngine
 
-pytestmark = pytest.mark.slow
-
 STEER_STRENGTH = 4.0
-PROMPTS = [
-    "What is the capital of France?",
-    "Why is the sky blue?",
-    "Give me a tip for learning to cook.",
-    "What does a compiler do?",
-    "How do I stay focused while studying?",
-]
 
 
-def japanese_share(text: str) -> float:
-    chars = [c for c in text if not c.isspace()]
-    jp = sum(1 for c in chars if "\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff")
-    return jp / max(1, len(chars))
+def test_kana_share_tells_japanese_from_chinese() -> None:
+    """Both scripts use Han characters; only Japanese writes kana."""
+    japanese = "フランスの首都はパリです。"
+    chinese = "法国的首都是巴黎。"
+    assert kana_share(chinese) == 0.0
+    assert kana_share("東京は日本の首都だ") >= JAPANESE_ANSWER > kana_share("东京是日本的首都")
+    assert kana_share(japanese) == pytest.approx(10 / 13)
+    assert kana_share("The capital of France is Paris.") == 0.0 and kana_share("   ") == 0.0
 
 
 @pytest.fixture(scope="module")
 def engine(real_model_dir: Path) -> TransformersEngine:
-    return TransformersEngine(str(real_model_dir), device="cpu", dtype="float32",
-                              default_system="You are a helpful assistant.")
+    return open_engine(str(real_model_dir))
 
 
-def run(engine: TransformersEngine, la: LinearAlignmentConfig | None, max_tokens: int = 40) -> list:
-    reqs = [GenerationRequest(str(i), [{"role": "user", "content": p}], SamplingParams(max_tokens=max_tokens),
-                              AlignmentSpec(la=la)) for i, p in enumerate(PROMPTS)]
-    return engine.generate(reqs)
+@pytest.fixture(scope="module")
+def la_effect(engine: TransformersEngine) -> dict[str, dict[str, object]]:
+    """What bench/la_effect.py measures (and the README quotes), measured again here."""
+    return measure(engine)
 
 
-def test_japanese_principle_switches_script(engine: TransformersEngine) -> None:
-    base = run(engine, None)
-    la = run(engine, LinearAlignmentConfig("Always answer in Japanese.", strength=3.0))
-    base_share = sum(japanese_share(r.text) for r in base) / len(base)
-    la_share = sum(japanese_share(r.text) for r in la) / len(la)
-    print(f"japanese share: base {base_share:.2f} -> LA {la_share:.2f}")
-    assert base_share < 0.1
-    assert la_share > 0.5
-    assert sum(japanese_share(r.text) > 0.3 for r in la) >= 4
+@pytest.mark.slow
+def test_japanese_principle_switches_script(la_effect: dict[str, dict[str, object]]) -> None:
+    base, la = la_effect["base"], la_effect[f"japanese_r{STRENGTH:g}"]
+    print(f"kana share: base {base['kana_share']} -> LA {la['kana_share']}")
+    assert base["kana_share"] < 0.05 and base["japanese_answers"] == 0
+    assert la["kana_share"] > 0.4  # measured 0.555 (bench/results/la_effect_cpu.md)
+    assert la["japanese_answers"] >= 4
 
 
-def test_short_principle_shortens_answers_beyond_strength_zero(engine: TransformersEngine) -> None:
-    principle = "Answer in one short sentence."
-    base = run(engine, None)
-    r0 = run(engine, LinearAlignmentConfig(principle, strength=0.0))
-    r3 = run(engine, LinearAlignmentConfig(principle, strength=3.0))
-    mean = [sum(r.completion_tokens for r in rs) / len(rs) for rs in (base, r0, r3)]
-    print(f"mean completion tokens: base {mean[0]:.1f}, r=0 {mean[1]:.1f}, r=3 {mean[2]:.1f}")
-    assert mean[2] < mean[1] < mean[0]
+@pytest.mark.slow
+def test_short_principle_shortens_answers_beyond_strength_zero(la_effect: dict[str, dict[str, object]]) -> None:
+    mean = [la_effect[name]["mean_tokens"] for name in ("base", "short_r0", f"short_r{STRENGTH:g}")]
+    print(f"mean completion tokens: base {mean[0]}, r=0 {mean[1]}, r={STRENGTH:g} {mean[2]}")
+    assert mean[2] < mean[1] < mean[0]  # measured 8.6 < 11.6 < 33.6 (bench/results/la_effect_cpu.md)
 
 
+@pytest.mark.slow
 def test_converted_weights_match_the_gguf(real_model_dir: Path) -> None:
     """The HF folder we ship to both engines reproduces transformers' own GGUF loading."""
     pytest.importorskip("accelerate")
@@ -83,10 +73,15 @@ def test_converted_weights_match_the_gguf(real_model_dir: Path) -> None:
     assert (ours.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_activation_rm_profile_moves_scores_and_generations_toward_french(engine: TransformersEngine) -> None:
-    """The 'french' profile compiled from 24 labelled examples: its steering must make more generated
-    answers French than steering off. (Its scores are reported, not asserted: on this 0.5B model the
-    patched judge barely separates French from English — bench/results/arm_steering_cpu.md.)"""
+    """The 'french' profile compiled from 24 labelled examples, on the 40 pairs it was not compiled on
+    ('test' + 'heldout'): patching its heads must score French answers above English ones and move
+    every pair's score toward French relative to the plain judge; its steering must make more
+    generated answers French than steering off. Measured on this model (CPU, float32): the ARM's
+    French-English P(Yes) margin 0.025 (judge 0.014), French ahead on 35/40 pairs, the margin wider
+    than the judge's on 39/40 (mean +0.012). The margins are small in P(Yes) — the 0.5B judge is
+    nearly indifferent — but their sign is what the profile is for."""
     import json
 
     from service.language.fidelity import LanguageDetector
@@ -100,29 +95,38 @@ def test_activation_rm_profile_moves_scores_and_generations_toward_french(engine
         lambda call: call(engine), train, data["rubric"],
         CompileSettings(num_heads=16, shots_per_context=2, max_contexts=16, iterations=20),
         (engine.num_layers, engine.num_heads, engine.head_dim, engine.max_model_len), "qwen-0.5b")
-    test = data["test"]
-    readout = engine.open_readout([judge_conversation(q, fr, data["rubric"]) for q, fr, _ in test]
-                                  + [judge_conversation(q, en, data["rubric"]) for q, _, en in test])
+    pairs = data["test"] + data["heldout"]
+    n = len(pairs)
+    readout = engine.open_readout([judge_conversation(q, fr, data["rubric"]) for q, fr, _ in pairs]
+                                  + [judge_conversation(q, en, data["rubric"]) for q, _, en in pairs])
     p = readout.yes_probability([[], compiled.scoring_steering()])
     readout.close()
-    n = len(test)
-    margin = (p[:, :n] - p[:, n:]).mean(1)
-    print(f"heads {compiled.heads}; French-English P(Yes) margin: judge {margin[0]:.3f}, ARM {margin[1]:.3f}")
     assert bool(((p >= 0) & (p <= 1)).all())
+    gap = p[:, :n] - p[:, n:]  # [judge, ARM] x pairs: P(Yes | French) - P(Yes | English)
+    judge_gap, arm_gap = gap[0], gap[1]
+    shift = arm_gap - judge_gap
+    print(f"heads {compiled.heads}; French-English P(Yes) margin on {n} pairs: judge {float(judge_gap.mean()):.3f}, "
+          f"ARM {float(arm_gap.mean()):.3f}; French ahead (ARM) {float((arm_gap > 0).float().mean()):.2f}; "
+          f"ARM wider than judge {float((shift > 0).float().mean()):.2f} (mean {float(shift.mean()):+.4f})")
+    assert float(arm_gap.mean()) > 0.015
+    assert float((arm_gap > 0).float().mean()) >= 0.75
+    assert float(shift.mean()) > 0.005 and float((shift > 0).float().mean()) >= 0.85
 
+    test = data["test"]
     detector = LanguageDetector()
 
     def french_share(strength: float) -> float:
         steering = tuple(compiled.generation_steering(strength))
         reqs = [GenerationRequest(f"{strength}-{i}", [{"role": "user", "content": q}], SamplingParams(max_tokens=30),
                                   AlignmentSpec(steering=steering)) for i, (q, _, _) in enumerate(test)]
-        return sum(detector.detect(r.text) == "fr" for r in engine.generate(reqs)) / n
+        return sum(detector.detect(r.text) == "fr" for r in engine.generate(reqs)) / len(test)
 
     off, on = french_share(0.0), french_share(STEER_STRENGTH)
     print(f"French answers: steering off {off:.2f} -> strength {STEER_STRENGTH} {on:.2f}")
     assert on > off
 
 
+@pytest.mark.slow
 def test_shipped_reward_model_prefers_the_chosen_response_in_english_and_japanese(real_model_dir: Path) -> None:
     """The shipped English RM, assembled and loaded the way `serve` does, on held-out pairs."""
     import json

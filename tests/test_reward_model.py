@@ -136,12 +136,41 @@ def test_bradley_terry_fit_recovers_a_planted_direction() -> None:
     assert float(((chosen - rejected) @ w > 0).double().mean()) > 0.97
 
 
-def test_shipped_head_has_provenance_and_a_held_out_score() -> None:
+def test_shipped_head_has_provenance() -> None:
     meta = json.loads(SHIPPED_HEAD.meta_path.read_text())
     assert SHIPPED_HEAD.path.stat().st_size < 16_384
     assert meta["base_model"] == SHIPPED_HEAD.base_model
-    assert meta["held_out"]["pairs"] >= 30 and 0.5 < meta["held_out"]["accuracy"] <= 1.0
     assert "hand-written" in meta["training_data"]["note"]
+
+
+@pytest.mark.slow
+def test_shipped_head_ranks_held_out_pairs_well_above_chance(real_model_dir: Path) -> None:
+    """Accuracy measured here, with the shipped head loaded the way `serve` loads it, on the English
+    side of bench/data/cross_lingual_pairs.json (no prompt of which is in the training file).
+    Chance is 0.5; 27 of 36 or more happens by chance with p < 0.003. Measured: 32/36 (0.889)."""
+    from service.config import EMBEDDED_MODEL, Settings
+    from service.reward.factory import resolve_reward_model
+
+    from .conftest import REAL_MODEL_HOME
+
+    data = Path(__file__).resolve().parents[1] / "bench" / "data"
+    items = json.loads((data / "cross_lingual_pairs.json").read_text())["items"]
+    trained_on = {row[1] for row in json.loads((data / "preference_pairs_train.json").read_text())["pairs"]}
+    assert len(items) >= 30 and not trained_on & {it["en"][0] for it in items}
+    resolved = resolve_reward_model(Settings(model=EMBEDDED_MODEL, reward_model="auto", home=REAL_MODEL_HOME))
+    assert resolved is not None
+    rm = TransformersRewardModel(resolved[0], device="cpu", dtype="float32", max_length=2048)
+    try:
+        chosen = rm.rewards([rm_conversation(it["en"][0], it["en"][1]) for it in items])
+        rejected = rm.rewards([rm_conversation(it["en"][0], it["en"][2]) for it in items])
+    finally:
+        rm.close()
+    wins = sum(c > r for c, r in zip(chosen, rejected, strict=True))
+    print(f"shipped head: chosen preferred on {wins}/{len(items)} held-out English pairs")
+    assert wins / len(items) >= 0.75
+    # the head's metadata reports what the head does (within one pair: CPU float32 rounding)
+    claimed = json.loads(SHIPPED_HEAD.meta_path.read_text())["held_out"]
+    assert claimed["pairs"] == len(items) and abs(claimed["accuracy"] - wins / len(items)) <= 1 / len(items) + 1e-9
 
 
 # ---- through the app ----------------------------------------------------------------------
