@@ -113,7 +113,8 @@ def test_paired_bootstrap_difference_on_hand_cases() -> None:
     assert paired_bootstrap_diff([0.5, 1.0, 0.0], [0.5, 1.0, 0.0]) == (0.0, 0.0, 0.0)
     d, lo, hi = paired_bootstrap_diff([1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0])
     assert d == 0.5 and 0.0 <= lo <= 0.5 <= hi <= 1.0
-    assert paired_bootstrap_diff([1.0, 0.0], [0.0, 1.0], seed=3) == paired_bootstrap_diff([1.0, 0.0], [0.0, 1.0], seed=3)
+    a, b = [1.0, 0.0, 1.0], [0.0, 1.0, 1.0]
+    assert paired_bootstrap_diff(a, b, seed=3) == paired_bootstrap_diff(a, b, seed=3)
     with pytest.raises(ValueError):
         paired_bootstrap_diff([1.0], [1.0, 0.0])
 
@@ -134,12 +135,14 @@ def test_paired_bootstrap_keeps_items_together() -> None:
 
 
 def test_verdict_states_sign_and_the_seed_figure() -> None:
-    assert "English RM is better" in verdict({"difference": 0.05, "ci95": [0.02, 0.08]})
-    assert "consistent with" in verdict({"difference": 0.05, "ci95": [0.02, 0.08]})
-    v = verdict({"difference": 0.0, "ci95": [-0.01, 0.01]})
-    assert "no difference" in v and "does not reproduce" in v and "outside" in v
+    better = verdict({"difference": 0.05, "ci95": [0.02, 0.08]})
+    assert "English RM is better" in better and "consistent with" in better and "equally" not in better
+    none = verdict({"difference": 0.0, "ci95": [-0.01, 0.01]})
+    assert "no difference" in none and "does not reproduce" in none and "outside" in none
     assert "opposite of the seed" in verdict({"difference": -0.1, "ci95": [-0.15, -0.05]})
-    assert "inside" in verdict({"difference": 0.0, "ci95": [-0.06, 0.06]})
+    wide = verdict({"difference": 0.0, "ci95": [-0.06, 0.035]})
+    assert "consistent with" in wide and "equally with no difference" in wide
+    assert "does not reproduce" in verdict({"difference": -0.05, "ci95": [-0.13, 0.028]})
 
 
 def test_matched_vs_mismatched_cosines() -> None:
