@@ -164,9 +164,13 @@ def verdict(mean_diff: dict[str, object]) -> str:
 
 def replicate(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
+    targets = tuple(args.targets.split(","))
+    if not targets or not set(targets) <= set(TARGETS):
+        raise SystemExit(f"--targets: a comma-separated subset of {','.join(TARGETS)}")
+    langs = ("en", *targets)
     augment = args.relevance_pairs == "on"
     rows = {lang: ((with_relevance if augment else list)(load_multilingual(lang, "train")),
-                   load_multilingual(lang, "test")) for lang in LANGS}
+                   load_multilingual(lang, "test")) for lang in langs}
     n_train, n_test = len(load_multilingual("en", "train")), len(rows["en"][1])
     groups = [str(i % n_train) for i in range(len(rows["en"][0]))]  # pair i + its relevance pair: one CV group
     feats: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -174,9 +178,9 @@ def replicate(args: argparse.Namespace) -> None:
     with feature_runner(args.device, args.dtype) as rm:
         device = device_name(rm)
         print(f"{n_train} train pairs (+{n_train if augment else 0} relevance) and {n_test} test pairs x "
-              f"{len(LANGS)} languages; "
+              f"{len(langs)} languages; "
               f"device {device}", flush=True)
-        for lang in LANGS:
+        for lang in langs:
             t = time.perf_counter()
             cache = FeatureCache(rm, args.dtype, lang)
             feats[lang] = (*cache.pair_features(rows[lang][0]), *cache.pair_features(rows[lang][1]))
@@ -187,41 +191,41 @@ def replicate(args: argparse.Namespace) -> None:
     t_fit = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the fits are many tiny ops: on a busy CPU, waiting for a second thread costs more
-    heads = {lang: train_head(feats[lang][0], feats[lang][1], groups) for lang in LANGS}
+    heads = {lang: train_head(feats[lang][0], feats[lang][1], groups) for lang in langs}
     shipped = BTHead(load_file(str(SHIPPED_HEAD.path))["score.weight"][0].double(), torch.ones(1), float("nan"), {})
 
     def wins(head: BTHead, lang: str) -> list[float]:
         return margin_wins(head.margins(feats[lang][2], feats[lang][3]))
 
-    matrix = {tr: {te: interval(wins(heads[tr], te), args.seed) for te in LANGS} for tr in LANGS}
+    matrix = {tr: {te: interval(wins(heads[tr], te), args.seed) for te in langs} for tr in langs}
     per_lang = []
-    for lang in TARGETS:
+    for lang in targets:
         en, own = wins(heads["en"], lang), wins(heads[lang], lang)
         per_lang.append({"language": lang, "english_rm": interval(en, args.seed), "target_rm": interval(own, args.seed),
                          "english_minus_target": paired(en, own, args.seed)})
     # the seed's "on average": items resampled jointly across the three languages (same items, translated)
-    en_avg = [sum(v) / len(TARGETS) for v in zip(*(wins(heads["en"], lang) for lang in TARGETS), strict=True)]
-    own_avg = [sum(v) / len(TARGETS) for v in zip(*(wins(heads[lang], lang) for lang in TARGETS), strict=True)]
+    en_avg = [sum(v) / len(targets) for v in zip(*(wins(heads["en"], lang) for lang in targets), strict=True)]
+    own_avg = [sum(v) / len(targets) for v in zip(*(wins(heads[lang], lang) for lang in targets), strict=True)]
     mean_diff = paired(en_avg, own_avg, args.seed)
     sensitivity = {}
     for lam in LAMBDAS:  # the same comparison with the penalty fixed instead of chosen per language
-        fixed = {lang: train_head(feats[lang][0], feats[lang][1], groups, lam=lam) for lang in LANGS}
-        e = [sum(v) / len(TARGETS) for v in zip(*(wins(fixed["en"], lg) for lg in TARGETS), strict=True)]
-        o = [sum(v) / len(TARGETS) for v in zip(*(wins(fixed[lg], lg) for lg in TARGETS), strict=True)]
+        fixed = {lang: train_head(feats[lang][0], feats[lang][1], groups, lam=lam) for lang in langs}
+        e = [sum(v) / len(targets) for v in zip(*(wins(fixed["en"], lg) for lg in targets), strict=True)]
+        o = [sum(v) / len(targets) for v in zip(*(wins(fixed[lg], lg) for lg in targets), strict=True)]
         sensitivity[str(lam)] = {"english_rm_mean": round(sum(e) / len(e), 3),
                                  "target_rm_mean": round(sum(o) / len(o), 3),
                                  "english_minus_target": paired(e, o, args.seed)}
     # representation shift (frozen backbone: no fine-tuning shift exists; this measures what language changes)
     head_cos = {f"{a}-{b}": round(cosine(heads[a].weight, heads[b].weight), 3)
-                for i, a in enumerate(LANGS) for b in LANGS[i + 1:]}
+                for i, a in enumerate(langs) for b in langs[i + 1:]}
     margin_corr = {}
-    for lang in TARGETS:
+    for lang in targets:
         both = torch.stack([heads[k].margins(feats[lang][2], feats[lang][3]) for k in ("en", lang)])
         margin_corr[lang] = round(float(torch.corrcoef(both)[0, 1]), 3)
     pooled = torch.cat([torch.cat([f[2], f[3]]) for f in feats.values()]).mean(0)
     diff_cos, feat_cos, centroid = {}, {}, {}
     en_c, en_r = feats["en"][2], feats["en"][3]
-    for lang in TARGETS:
+    for lang in targets:
         c, r = feats[lang][2], feats[lang][3]
         m, mm = matched_vs_mismatched(en_c - en_r, c - r)
         diff_cos[lang] = {"same_item": round(m, 3), "different_items": round(mm, 3)}
@@ -234,10 +238,10 @@ def replicate(args: argparse.Namespace) -> None:
     shipped_vs_new = {lang: {"shipped_head": interval(wins(shipped, lang), args.seed),
                              "new_english_head": matrix["en"][lang],
                              "new_minus_shipped": paired(wins(heads["en"], lang), wins(shipped, lang), args.seed)}
-                      for lang in LANGS}
+                      for lang in langs}
     categories = sorted({c for c, *_ in rows["en"][1]})
     by_cat = {}
-    for lang in TARGETS:
+    for lang in targets:
         en, own = wins(heads["en"], lang), wins(heads[lang], lang)
         by_cat[lang] = {c: {"english_rm": round(sum(w for w, (k, *_) in zip(en, rows[lang][1], strict=True) if k == c)
                                                 / sum(k == c for k, *_ in rows[lang][1]), 3),
@@ -250,14 +254,14 @@ def replicate(args: argparse.Namespace) -> None:
     statement = verdict(mean_diff)
     result: dict[str, object] = {
         "device": device, "command": cmd, "data": str(MULTILINGUAL.relative_to(ROOT)),
-        "languages": list(LANGS), "train_pairs_per_language": n_train, "test_pairs_per_language": n_test,
+        "languages": list(langs), "train_pairs_per_language": n_train, "test_pairs_per_language": n_test,
         "relevance_pairs": args.relevance_pairs,
         "recipe": "Bradley-Terry linear head on the frozen final hidden state of the embedded 0.5B model (features "
                   "through the serving runner), " + ("+ one relevance pair per prompt, " if augment else
                   "no relevance augmentation (--relevance-pairs off), ") + "standardised features, L2 penalty by "
                   f"5-fold CV over {list(LAMBDAS)} (same folds in every language), L-BFGS, float64",
-        "feature_dtype": args.dtype, "l2_penalty_chosen": {lang: heads[lang].lam for lang in LANGS},
-        "cv_accuracy": {lang: {str(k): round(v, 4) for k, v in heads[lang].cv.items()} for lang in LANGS},
+        "feature_dtype": args.dtype, "l2_penalty_chosen": {lang: heads[lang].lam for lang in langs},
+        "cv_accuracy": {lang: {str(k): round(v, 4) for k, v in heads[lang].cv.items()} for lang in langs},
         "accuracy_matrix_train_lang_by_test_lang": matrix,
         "english_rm_vs_target_rm": per_lang, "mean_over_targets_english_minus_target": mean_diff,
         "verdict": statement, "penalty_sensitivity": sensitivity,
@@ -271,7 +275,7 @@ def replicate(args: argparse.Namespace) -> None:
     }
     lines = [f"# Cross-lingual reward-model replication ({device})", "",
              f"Command: `{cmd}` · data `{MULTILINGUAL.relative_to(ROOT)}`: {n_train} train pairs and {n_test} held-out "
-             "test pairs, each in en/ja/zh/ko (translations of the same pairs) · one recipe for every head "
+             f"test pairs, each in {'/'.join(langs)} (translations of the same pairs) · one recipe for every head "
              "(`bench/train_reward_head.py`: frozen 0.5B features, Bradley-Terry, "
              + ("relevance augmentation, " if augment else "no relevance augmentation, ") + "L2 by CV, "
              "same folds) · accuracy = share of held-out pairs where the chosen response scores higher, [95% bootstrap "
@@ -289,53 +293,53 @@ def replicate(args: argparse.Namespace) -> None:
     for row in per_lang:
         lines.append(f"| {row['language']} | {cell(row['english_rm'])} | {cell(row['target_rm'])} | "  # type: ignore[arg-type]
                      f"{cell(row['english_minus_target'])} |")  # type: ignore[arg-type]
-    lines.append(f"| **mean of ja/zh/ko** | | | **{cell(mean_diff)}** |")
+    lines.append(f"| **mean of {'/'.join(targets)}** | | | **{cell(mean_diff)}** |")
     lines += ["", f"**Verdict:** {statement}", "",
               "## Every head on every test language", "",
-              "| head trained on ↓ / tested on → | " + " | ".join(LANGS) + " | λ (CV) |",
-              "|---" * (len(LANGS) + 2) + "|"]
-    for tr in LANGS:
-        lines.append(f"| {tr} | " + " | ".join(cell(matrix[tr][te]) for te in LANGS) + f" | {heads[tr].lam:g} |")
-    lines += ["", "Penalty fixed instead of chosen by CV (mean over ja/zh/ko):", "",
+              "| head trained on ↓ / tested on → | " + " | ".join(langs) + " | λ (CV) |",
+              "|---" * (len(langs) + 2) + "|"]
+    for tr in langs:
+        lines.append(f"| {tr} | " + " | ".join(cell(matrix[tr][te]) for te in langs) + f" | {heads[tr].lam:g} |")
+    lines += ["", f"Penalty fixed instead of chosen by CV (mean over {'/'.join(targets)}):", "",
               "| λ | English RM | target RMs | English − target |", "|---|---|---|---|"]
     for lam, v in sensitivity.items():
         lines.append(f"| {lam} | {v['english_rm_mean']:.3f} | {v['target_rm_mean']:.3f} | "
                      f"{cell(v['english_minus_target'])} |")  # type: ignore[arg-type]
     lines += ["", "By category (held-out pairs, English RM / target RM):", "",
               "| language | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
-    for lang in TARGETS:
+    for lang in targets:
         lines.append(f"| {lang} | " + " | ".join(
             f"{by_cat[lang][c]['english_rm']:.2f} / {by_cat[lang][c]['target_rm']:.2f}" for c in categories) + " |")
     lines += ["", "## Representation shift", "",
               "The backbone is frozen for every head, so the seed's mechanism (fine-tuning moves the representations "
               "away from the base model's) cannot act here; what differs between heads is only the training "
               "language of the same pairs. Measured on the held-out pairs:", "",
-              "| | " + " | ".join(TARGETS) + " |", "|---" * (len(TARGETS) + 1) + "|",
+              "| | " + " | ".join(targets) + " |", "|---" * (len(targets) + 1) + "|",
               "| cosine of head weights, en vs target | "
-              + " | ".join(f"{head_cos[f'en-{t}']:.3f}" for t in TARGETS) + " |",
+              + " | ".join(f"{head_cos[f'en-{t}']:.3f}" for t in targets) + " |",
               "| correlation of the two heads' margins on target pairs | "
-              + " | ".join(f"{margin_corr[t]:.3f}" for t in TARGETS) + " |",
+              + " | ".join(f"{margin_corr[t]:.3f}" for t in targets) + " |",
               "| cosine of (chosen − rejected) features, same item en vs target (different items) | "
               + " | ".join(f"{diff_cos[t]['same_item']:.3f} ({diff_cos[t]['different_items']:.3f})"
-                           for t in TARGETS) + " |",
+                           for t in targets) + " |",
               "| cosine of centred conversation features, same item (different items) | "
               + " | ".join(f"{feat_cos[t]['same_item']:.3f} ({feat_cos[t]['different_items']:.3f})"
-                           for t in TARGETS) + " |",
+                           for t in targets) + " |",
               "| language offset of the feature centroid / mean item spread | "
-              + " | ".join(f"{centroid[t]['offset_norm_over_mean_item_spread']:.3f}" for t in TARGETS) + " |",
+              + " | ".join(f"{centroid[t]['offset_norm_over_mean_item_spread']:.3f}" for t in targets) + " |",
               "| cosine of English head with that offset | "
-              + " | ".join(f"{centroid[t]['english_head_cosine_with_offset']:.3f}" for t in TARGETS) + " |",
+              + " | ".join(f"{centroid[t]['english_head_cosine_with_offset']:.3f}" for t in targets) + " |",
               "", "Other head-weight cosines: " + ", ".join(f"{k} {v:.3f}" for k, v in head_cos.items()
                                                            if not k.startswith("en-")) + ".", "",
               "## Shipped head (92 English pairs) vs the new English head (152)", "",
               "| test language | shipped head | new English head | new − shipped |", "|---|---|---|---|"]
-    for lang in LANGS:
+    for lang in langs:
         v = shipped_vs_new[lang]
         lines.append(f"| {lang} | {cell(v['shipped_head'])} | {cell(v['new_english_head'])} | "  # type: ignore[arg-type]
                      f"{cell(v['new_minus_shipped'])} |")  # type: ignore[arg-type]
     feat_total = sum(v["cache_fill_model_s"] for v in cache_s.values())
     total_s = time.perf_counter() - t_start
-    lines += ["", f"Time: features for {len(LANGS)} languages took {feat_total:.0f} s of model time when the caches "
+    lines += ["", f"Time: features for {len(langs)} languages took {feat_total:.0f} s of model time when the caches "
               f"were filled (`~/.cache/alignserve/cache/rm_features/`); this run {total_s:.0f} s in all "
               f"(fits and analysis {fit_s:.0f} s)."]
     write_results(args.out, f"cross_lingual_replication_{tag}", result, lines)
@@ -357,6 +361,7 @@ def main() -> None:
     ap.add_argument("--relevance-pairs", choices=("on", "off"), default="on",
                     help="--replicate: add the shipped recipe's relevance pair per prompt (on) or not (a quarter "
                          "fewer conversations to featurise)")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="--replicate: target languages")
     args = ap.parse_args()
     if args.replicate:
         if args.dtype == "auto":
