@@ -20,8 +20,10 @@ then the English RM versus the target-language RM on the same held-out target-la
 with bootstrap intervals and the paired difference, plus a representation-shift analysis
 (head-direction cosines, features of translated pairs). Writes ``cross_lingual_replication_<device>``.
 
-    python -m bench.cross_lingual --replicate     # ~15 min on 2 CPU cores the first time (features
-                                                  # cached per language), seconds afterwards
+    python -m bench.cross_lingual --replicate --relevance-pairs off
+        # 1,792 conversations to featurise the first time (about 24 min of CPU, measured on a shared
+        # 2-core machine; cached per language under ~/.cache/alignserve), seconds afterwards;
+        # the default --relevance-pairs on adds the shipped recipe's 608 relevance conversations
 """
 
 from __future__ import annotations
