@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="model cache and default DB live here")
     db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/profiles.db")
 
+    served_model_name: str | None = Field(
+        None, description="the model id clients see (/v1/models, responses, /readyz); default: the embedded "
+        "model's name, a local folder's last path component, or the hub id")
+
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -53,6 +57,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0)
     max_jobs: int = Field(16, ge=1, description="profile-compilation jobs queued or running before 429")
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    # Slow or hostile clients (see service/api/http_server.py): deadlines and bounds per connection.
+    header_timeout_s: float = Field(10.0, gt=0, description="seconds a connection may take to send a "
+                                    "request's headers (from connect or the end of the previous response); 408")
+    body_timeout_s: float = Field(30.0, gt=0, description="seconds from the headers to the end of the body; 408")
+    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
+    max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; 431 beyond")
+    max_connections: int = Field(1024, ge=1, description="open connections; requests on more get 503")
     default_system_prompt: str = Field(
         "You are a helpful assistant.",
         description="system message used (in both LA streams) when a request brings none",
@@ -69,3 +80,16 @@ class Settings(BaseSettings):
             return self.db_url
         self.home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.home / 'profiles.db'}"
+
+
+def served_model_name(settings: Settings) -> str:
+    """The model id shown to clients: never a filesystem path unless the operator asks for one."""
+    if settings.served_model_name:
+        return settings.served_model_name
+    model = settings.model
+    if model.startswith("embedded:"):
+        return model.split(":", 1)[1]
+    path = Path(model).expanduser()
+    if model.startswith(("/", ".", "~")) or path.exists():
+        return path.resolve().name or model
+    return model

@@ -2,8 +2,10 @@
 
 vLLM cannot run in CI; what the engine adds around it can: the compile readout's bound on requests
 in flight, the steering-slot admission (never more distinct specs at once than the model has
-slots for), the prefix-cache salt of steered prompts, and the head capture's unpacking of the
-worker's reply. The GPU path itself is checked by ``bench/vllm_compile.py``.
+slots for), the prefix-cache salt of steered prompts, the head capture's gathering of the ranks'
+replies, and the typed refusals (bad indices, an architecture without a layout) raised before
+anything reaches vLLM. The GPU path itself is checked by ``bench/vllm_compile.py`` and
+``bench/vllm_archs.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import pytest
 import torch
 
 from service.alignment.spec import SteeringVector
+from service.engines.chat import ChatPrompts
+from service.engines.decoder_layout import InvalidSteering, SteeringUnsupported
 from service.engines.vllm.capture import pack
 from service.engines.vllm.engine import VLLMEngine, VLLMSettings, _VLLMReadout
 from service.engines.vllm.pairing import EXTRA_KEY
@@ -40,6 +44,7 @@ class FakeLLM:
         self.prompts: list[dict[str, Any]] = []
         self.rpc: list[tuple[str, tuple[Any, ...]]] = []
         self.heads = torch.randn(2, 3, 4 * 5)
+        self.ranks = 1
 
     @staticmethod
     def p_yes(tokens: list[int], steer: list[dict[str, Any]] | None) -> float:
@@ -67,8 +72,10 @@ class FakeLLM:
                     del self.specs[key]
 
     async def collective_rpc(self, method: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """Each rank answers with its own heads' columns (contiguous blocks of the head axis)."""
         self.rpc.append((method, args))
-        return [pack(self.heads[: len(args[0])])]
+        width = self.heads.shape[-1] // self.ranks
+        return [pack(self.heads[: len(args[0]), :, r * width:(r + 1) * width]) for r in range(self.ranks)]
 
 
 @pytest.fixture
@@ -87,8 +94,12 @@ def engine(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Iterator[VL
     eng._steer_users, eng._steer_cond = {}, None
     eng.yes_id, eng.no_id = YES, NO
     eng.steerable = True
-    eng.num_layers, eng.num_heads, eng.head_dim = 3, 4, 5
+    eng.steering_info = [{"supported": True, "parallel": True, "capture": None}]
+    eng.architecture = "Qwen2ForCausalLM"
+    eng.num_layers, eng.num_heads, eng.head_dim, eng.hidden_size = 3, 4, 5, 6
+    eng.max_model_len = 256
     eng.tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    eng.prompts = ChatPrompts(eng.tokenizer, None)
     eng.llm = FakeLLM()
     eng.loop = asyncio.new_event_loop()
     thread = threading.Thread(target=eng.loop.run_forever, daemon=True)
@@ -147,6 +158,42 @@ def test_capture_unpacks_the_worker_reply(engine: VLLMEngine) -> None:
     assert args[0][0][-1] == engine.tokenizer.encode("yes", add_special_tokens=False)[-1]
     assert acts.shape == (2, 3, 4, 5)
     torch.testing.assert_close(acts, fake.heads[:2].view(2, 3, 4, 5))
-    engine.steerable = False
-    with pytest.raises(ValueError, match="steerable"):
+    fake.ranks = 2  # TP=2: rank 0 holds heads 0-1, rank 1 heads 2-3
+    engine.steering_info = [{"supported": True, "parallel": True, "capture": None}] * 2
+    torch.testing.assert_close(engine.capture_head_activations(convs, ["yes", "no"]), fake.heads[:2].view(2, 3, 4, 5))
+    engine.steering_info = [{"supported": True, "parallel": True, "capture": "no Attention module"}] * 2
+    with pytest.raises(SteeringUnsupported, match="Qwen2ForCausalLM: head capture: no Attention module"):
         engine.capture_head_activations(convs)
+    engine.steerable = False
+    engine.steering_info = [{"supported": False, "reason": "no decoder layers found"}]
+    with pytest.raises(SteeringUnsupported, match="Qwen2ForCausalLM: no decoder layers found"):
+        engine.capture_head_activations(convs)
+
+
+def test_steering_is_refused_before_it_reaches_vllm(engine: VLLMEngine) -> None:
+    from service.alignment.sampling import SamplingParams
+    from service.alignment.spec import AlignmentSpec
+    from service.engines.base import GenerationRequest
+
+    fake: FakeLLM = engine.llm
+
+    def req(vec: SteeringVector) -> GenerationRequest:
+        return GenerationRequest("r", [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=2),
+                                 AlignmentSpec(steering=(vec,)))
+
+    bad = {"layer 3 outside": SteeringVector(layer=3, vector=torch.ones(6)),
+           "head 4 outside": SteeringVector(layer=0, head=4, vector=torch.ones(5)),
+           "5 entries": SteeringVector(layer=0, vector=torch.ones(5))}
+    for msg, vec in bad.items():
+        with pytest.raises(InvalidSteering, match=msg):
+            engine.generate([req(vec)])
+        with pytest.raises(InvalidSteering, match=msg):
+            engine.yes_probability([[{"role": "user", "content": "hi"}]], [vec])
+    engine.steerable = False
+    engine.steering_info = [{"supported": False, "reason": "no decoder layers found"}]
+    with pytest.raises(SteeringUnsupported, match="Qwen2ForCausalLM") as info:
+        engine.generate([req(SteeringVector(layer=0, vector=torch.ones(6)))])
+    assert info.value.architecture == "Qwen2ForCausalLM"
+    with pytest.raises(SteeringUnsupported):
+        engine.open_readout([[{"role": "user", "content": "hi"}]])
+    assert not fake.prompts and not engine._steer_users  # nothing was submitted, no slot held

@@ -1,9 +1,13 @@
 """The vLLM glue's pure logic (no vLLM needed): pair vetoes, steering slots and token indices,
-head-vector folding through o_proj, and the nucleus fast path used by the logits processor."""
+head tables on the out-projection input, the head capture, and the nucleus fast path used by the
+logits processor."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
+import pytest
 import torch
 
 from service.alignment.linear_alignment import nucleus_mask
@@ -47,22 +51,30 @@ def test_token_slots_follow_prompt_phases() -> None:
     assert token_slots([0], [2], [6], [{"last": 2}]).tolist() == [0, 0]
 
 
-def test_head_vectors_fold_through_o_proj_and_replace_masks() -> None:
+def test_head_tables_act_on_the_out_projection_input_like_the_transformers_hooks() -> None:
+    """``x * keep + shift`` on the out-projection input equals what ``SteeringHooks`` does to
+    ``o_proj``'s input: added head vectors add, replaced heads are replaced (and a replacement wins
+    over an add on the same head), residual vectors go to their own table."""
+    from service.engines.vllm.sharding import HeadShard
+
     g = torch.Generator().manual_seed(0)
-    layers, hidden, heads, hd = 2, 8, 2, 4
-    w = [torch.randn(hidden, heads * hd, generator=g) for _ in range(layers)]
-    v_add = SteeringVector(layer=1, head=1, vector=torch.randn(hd, generator=g), scale=2.0)
+    layers, hidden, heads, hd = 2, 8, 3, 4
+    v_add = SteeringVector(layer=1, head=1, vector=torch.randn(hd, generator=g), scale=2.0, position="all")
     v_rep = SteeringVector(layer=0, head=0, vector=torch.ones(hd), replace=True, position="last_prompt")
+    v_both = SteeringVector(layer=1, head=2, vector=torch.randn(hd, generator=g), position="all")
+    v_both_rep = SteeringVector(layer=1, head=2, vector=torch.full((hd,), 5.0), replace=True, position="all")
     v_res = SteeringVector(layer=0, vector=torch.randn(hidden, generator=g), position="all")
-    t = build_phase_tables([v_add, v_rep, v_res], layers, hidden, heads, hd, lambda i: w[i])
+    t = build_phase_tables([v_add, v_rep, v_both, v_both_rep, v_res], layers, hidden, HeadShard(0, 1, heads, hd))
     assert set(t) == {"body", "last", "gen"}
     x = torch.randn(heads * hd, generator=g)
-    manual = x.clone()
-    manual[hd:] += 2.0 * v_add.vector
-    assert torch.allclose(w[1] @ x + t["gen"].attn_add[1], w[1] @ manual, atol=1e-5)
-    assert torch.equal(t["last"].head_keep[0, :hd], torch.zeros(hd))
-    assert torch.equal(t["gen"].head_keep[0], torch.ones(heads * hd))  # replace only at last_prompt
-    assert torch.equal(t["body"].resid_add[0], v_res.vector) and torch.equal(t["body"].attn_add, torch.zeros(2, 8))
+    want = x.clone()
+    want[hd:2 * hd] += 2.0 * v_add.vector
+    want[2 * hd:] = 5.0
+    torch.testing.assert_close(x * t["gen"].head_keep[1] + t["gen"].head_shift[1], want)
+    last = x * t["last"].head_keep[0] + t["last"].head_shift[0]
+    assert torch.equal(last[:hd], torch.ones(hd)) and torch.equal(last[hd:], x[hd:])
+    assert torch.equal(t["gen"].head_keep[0], torch.ones(heads * hd))  # the replacement is last_prompt only
+    assert torch.equal(t["body"].resid_add[0], v_res.vector) and not t["body"].resid_add[1].any()
 
 
 def test_slots_are_shared_per_spec_and_recycled() -> None:
@@ -97,74 +109,93 @@ def test_nucleus_fast_path_equals_full_sort() -> None:
     assert np.array(fast.sum(-1)).min() >= 1
 
 
-class _VllmStyleNorm:
-    """vLLM's RMSNorm interface over a transformers norm: ``norm(x)`` or fused ``norm(x, residual)``."""
+class _FakeVllmAttention(torch.nn.Module):
+    """vLLM's ``Attention`` layer interface; its own forward needs a KV cache and batch metadata."""
 
-    def __init__(self, norm: torch.nn.Module) -> None:
-        self.norm = norm
+    def __init__(self, num_heads: int, num_kv_heads: int, head_size: int) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_size = num_heads, num_kv_heads, head_size
+        self.sliding_window = None
+        self.impl = types.SimpleNamespace(scale=head_size ** -0.5, logits_soft_cap=0, alibi_slopes=None)
 
-    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> object:
-        if residual is None:
-            return self.norm(x)
-        residual = x + residual
-        return self.norm(residual), residual
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("needs vLLM's forward context")
 
 
-class _VllmStyleAttention:
-    """vLLM's Qwen2Attention interface (fused QKV, ``(out, bias)`` projections, ``rotary_emb``)."""
+class _VllmStyleQwen2(torch.nn.Module):
+    """The tiny HF Qwen2's weights in vLLM's shape: flat ``[tokens, hidden]`` activations, an
+    ``attn(q, k, v)`` module between the projections, ``forward(input_ids, positions)``."""
 
-    def __init__(self, attn: torch.nn.Module, rotary: torch.nn.Module, cfg: object) -> None:
-        self.attn, self.rotary = attn, rotary
-        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads  # type: ignore[attr-defined]
-        self.head_dim = cfg.hidden_size // self.num_heads  # type: ignore[attr-defined]
-        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.scaling = self.head_dim ** -0.5
+    def __init__(self, hf: torch.nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+        cfg = hf.config
+        self.heads, self.kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.hd = cfg.hidden_size // self.heads
+        self.attn = torch.nn.ModuleList(_FakeVllmAttention(self.heads, self.kv, self.hd) for _ in hf.model.layers)
 
-    def qkv_proj(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        a = self.attn
-        return torch.cat([a.q_proj(x), a.k_proj(x), a.v_proj(x)], dim=-1), None  # type: ignore[operator]
-
-    def o_proj(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.attn.o_proj(x), None  # type: ignore[operator]
-
-    def rotary_emb(self, positions: torch.Tensor, q: torch.Tensor,
-                   k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-        t = q.shape[0]
-        cos, sin = self.rotary(q.unsqueeze(0), positions.unsqueeze(0))
-        qh = q.view(1, t, self.num_heads, self.head_dim).transpose(1, 2)
-        kh = k.view(1, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        qr, kr = apply_rotary_pos_emb(qh, kh, cos, sin)
-        return qr.transpose(1, 2).reshape(t, -1), kr.transpose(1, 2).reshape(t, -1)
+        m = self.hf.model
+        h = m.embed_tokens(input_ids)
+        t = h.shape[0]
+        cos, sin = m.rotary_emb(h[None], positions[None])
+        for layer, attn in zip(m.layers, self.attn, strict=True):
+            a = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = a.q_proj(x).view(1, t, self.heads, self.hd).transpose(1, 2)
+            k = a.k_proj(x).view(1, t, self.kv, self.hd).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            heads = attn(q.transpose(1, 2).reshape(t, -1), k.transpose(1, 2).reshape(t, -1), a.v_proj(x))
+            h = h + a.o_proj(heads)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h
 
 
 def test_vllm_head_capture_matches_the_transformers_engine(tiny_engine: object) -> None:
-    """The capture the vLLM worker runs (its own eager pass over the model's modules, SDPA with
-    grouped KV heads) reads the same o_proj inputs as the transformers engine's hooks, with and
-    without completions; the RPC packing round-trips."""
-    from types import SimpleNamespace
-
+    """The worker's capture — the model's own forward run eagerly, with only vLLM's attention
+    kernel swapped for ``causal_attention`` (grouped KV heads) and pre-hooks on the
+    out-projections — reads the same o_proj inputs as the transformers engine's hooks, with and
+    without completions; afterwards the attention modules are vLLM's again; the RPC packing
+    round-trips."""
     from service.engines.base import readout_sequences
     from service.engines.vllm.capture import last_token_heads, pack, unpack
 
     eng = tiny_engine
-    hf = eng.model.model  # type: ignore[attr-defined]
-    cfg = eng.model.config  # type: ignore[attr-defined]
-    assert cfg.num_key_value_heads < cfg.num_attention_heads  # exercises grouped-query attention
-    layers = [SimpleNamespace(input_layernorm=_VllmStyleNorm(layer.input_layernorm),
-                              post_attention_layernorm=_VllmStyleNorm(layer.post_attention_layernorm),
-                              self_attn=_VllmStyleAttention(layer.self_attn, hf.rotary_emb, cfg), mlp=layer.mlp)
-              for layer in hf.layers]
+    model = _VllmStyleQwen2(eng.model)  # type: ignore[attr-defined]
+    assert model.kv < model.heads  # exercises grouped-query attention
+    projs = [layer.self_attn.o_proj for layer in eng.model.model.layers]  # type: ignore[attr-defined]
     convs = [[{"role": "user", "content": "Is Paris in France?"}],
              [{"role": "user", "content": "Explain what a CPU is, in one short sentence."}]]
     for completions in (None, [" Yes.", " A central processing unit runs instructions."]):
         seqs = readout_sequences(eng.encode_chat, eng.tokenizer, convs, completions)  # type: ignore[attr-defined]
-        with torch.inference_mode():
-            got = torch.stack([last_token_heads(layers, hf.embed_tokens, s, "cpu") for s in seqs])
+        got = last_token_heads(model, list(model.attn), projs, seqs, "cpu")
         want = eng.capture_head_activations(convs, completions)  # type: ignore[attr-defined]
         torch.testing.assert_close(unpack(pack(got)).view(want.shape), want, atol=1e-4, rtol=1e-4)
         assert want.abs().max() > 0.1
+    with pytest.raises(RuntimeError, match="forward context"):
+        model(torch.tensor([1, 2]), torch.arange(2))
+
+
+def test_causal_attention_window_and_softcap_match_a_dense_reference() -> None:
+    from service.engines.vllm.capture import causal_attention
+
+    g = torch.Generator().manual_seed(3)
+    t, h, kvh, d = 7, 4, 2, 8
+    q, k, v = (torch.randn(t, n * d, generator=g) for n in (h, kvh, kvh))
+    got = causal_attention(q, k, v, h, kvh, d, scale=0.3, window=3, softcap=2.0)
+    ref = torch.empty(t, h, d)
+    for head in range(h):
+        kv = head // (h // kvh)
+        qh, kh, vh = q.view(t, h, d)[:, head], k.view(t, kvh, d)[:, kv], v.view(t, kvh, d)[:, kv]
+        for i in range(t):
+            js = [j for j in range(t) if 0 <= i - j < 3]
+            s = torch.stack([2.0 * torch.tanh((qh[i] @ kh[j]) * 0.3 / 2.0) for j in js])
+            ref[i, head] = s.softmax(0) @ vh[js]
+    torch.testing.assert_close(got, ref.reshape(t, h * d), atol=1e-5, rtol=1e-5)
+    plain = causal_attention(q, k, v, h, kvh, d, scale=0.3)
+    assert not torch.allclose(plain, got)
 
 
 def test_cache_salt_keeps_steered_kv_apart() -> None:

@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU host, after .stage1..5 (../shared/gpu/prepare.sh: vLLM 0.26.0) and .gpu1..N
 # (bench/gpu/stage.sh: service wheels + the embedded GGUF) were copied into /tmp/stage and /tmp/gstage:
-# install vLLM into /tmp/site, add the few service wheels vLLM's set lacks, register alignserve's
-# vLLM plugin entry point (a dist-info pointing at the repo's code, so no stale copy shadows it),
-# and convert the GGUF into an HF folder at /tmp/ahome/models/qwen2.5-coder-0.5b-instruct/hf.
+# install vLLM into /tmp/site, add the few service wheels vLLM's set lacks, and convert the GGUF
+# into an HF folder at /tmp/ahome/models/qwen2.5-coder-0.5b-instruct/hf. (No vLLM plugin to
+# register: the engine passes its worker class, service.engines.vllm.worker.AlignserveWorker.)
 set -euo pipefail
 STAGE=/tmp/stage G=/tmp/gstage SITE=/tmp/site H=/tmp/ahome
 bash "$STAGE/install.sh"
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" \
   "$G"/whl/[Ss][Qq][Ll]*.whl "$G"/whl/pydantic_settings*.whl "$G"/whl/python_dotenv*.whl "$G"/whl/langid*.whl 2>&1 | grep -v WARNING || true
-DI="$SITE/alignserve_vllm_plugin-0.0.0.dist-info" && mkdir -p "$DI"
-printf 'Metadata-Version: 2.1\nName: alignserve-vllm-plugin\nVersion: 0.0.0\n' > "$DI/METADATA"
-printf '[vllm.general_plugins]\nalignserve = service.engines.vllm.plugin:register\n' > "$DI/entry_points.txt"
 export PYTHONPATH=$PWD:$SITE
 M=$H/models/qwen2.5-coder-0.5b-instruct && mkdir -p "$M"
 if [ ! -f "$M/hf/config.json" ]; then

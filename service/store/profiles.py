@@ -37,7 +37,15 @@ from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import IntegrityError
 
 SCHEMA_VERSION = 1
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
+NAME_RE = re.compile(f"^{NAME_PATTERN}$")
+# The version column is a 32-bit INTEGER on PostgreSQL (and SQLite refuses ints past 64 bits):
+# a larger version can never exist, and passing it to the driver raises instead of matching nothing.
+MAX_VERSION = 2**31 - 1
+# ``name`` or ``name@version`` as the API accepts it (the bound the schema checks before the parser).
+REF_PATTERN = f"^{NAME_PATTERN}(@[0-9]{{1,10}})?$"
+MAX_REF_CHARS = 64 + 1 + 10
+_MIGRATION_LOCK = 0x616C_6967_6E73  # PostgreSQL advisory-lock key of schema migrations ("aligns")
 
 metadata = MetaData()
 profiles = Table(
@@ -69,7 +77,8 @@ class ProfileRecord:
     version: int
     created_at: float
     spec: dict[str, Any]
-    tensors: bytes | None
+    tensors: bytes | None  # None also when read with ``get_meta`` (see ``has_tensors``)
+    has_tensors: bool = False
 
     @property
     def ref(self) -> str:
@@ -83,8 +92,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         raise ValueError("profile names are 1-64 characters of a-z, 0-9, '_', '.', '-', starting alphanumeric")
     if not sep:
         return name, None
-    if not ver.isdigit() or int(ver) < 1:
-        raise ValueError("profile version must be a positive integer, as in name@3")
+    if not (ver.isascii() and ver.isdigit()) or len(ver) > 10 or not 1 <= int(ver) <= MAX_VERSION:
+        raise ValueError(f"profile version must be an integer from 1 to {MAX_VERSION}, as in name@3")
     return name, int(ver)
 
 
@@ -105,8 +114,13 @@ class ProfileStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        metadata.create_all(self.engine)
+        """Create the schema or check its version. Replicas starting together on an empty PostgreSQL
+        database would race to create the same tables (a duplicate-key error kills one of them), so
+        there the whole migration runs under one transaction-scoped advisory lock."""
         with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            metadata.create_all(conn)
             current = conn.execute(select(func.max(schema_migrations.c.version))).scalar()
             if current is None:
                 conn.execute(insert(schema_migrations).values(version=SCHEMA_VERSION, applied_at=time.time()))
@@ -120,7 +134,8 @@ class ProfileStore:
 
     @staticmethod
     def _record(row: Any) -> ProfileRecord:
-        return ProfileRecord(row.name, row.version, row.created_at, json.loads(row.spec), row.tensors)
+        return ProfileRecord(row.name, row.version, row.created_at, json.loads(row.spec), row.tensors,
+                             row.tensors is not None)
 
     def create(self, name: str, spec: dict[str, Any], tensors: bytes | None = None) -> ProfileRecord:
         parse_ref(name)
@@ -137,7 +152,7 @@ class ProfileStore:
                     now = time.time()
                     conn.execute(insert(profiles).values(
                         name=name, version=version, created_at=now, spec=body, tensors=tensors))
-                return ProfileRecord(name, version, now, json.loads(body), tensors)
+                return ProfileRecord(name, version, now, json.loads(body), tensors, tensors is not None)
             except IntegrityError:
                 time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise ProfileConflict(f"could not allocate a version for {name!r}: too many concurrent writers")
@@ -149,6 +164,26 @@ class ProfileStore:
         with self.engine.connect() as conn:
             row = conn.execute(q.limit(1)).first()
         return self._record(row) if row else None
+
+    def get_meta(self, ref: str) -> ProfileRecord | None:
+        """Like ``get`` without reading the tensors blob (``has_tensors`` says whether there is one):
+        the per-request read, whose compiled tensors come from the resolver's cache."""
+        name, version = parse_ref(ref)
+        cols = [profiles.c.name, profiles.c.version, profiles.c.created_at, profiles.c.spec,
+                profiles.c.tensors.isnot(None).label("has_tensors")]
+        q = select(*cols).where(profiles.c.name == name)
+        q = q.where(profiles.c.version == version) if version else q.order_by(profiles.c.version.desc())
+        with self.engine.connect() as conn:
+            row = conn.execute(q.limit(1)).first()
+        if row is None:
+            return None
+        return ProfileRecord(row.name, row.version, row.created_at, json.loads(row.spec), None, bool(row.has_tensors))
+
+    def tensors(self, name: str, version: int) -> bytes | None:
+        q = select(profiles.c.tensors).where(profiles.c.name == name, profiles.c.version == version)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return row.tensors if row else None
 
     def versions(self, name: str) -> list[ProfileRecord]:
         parse_ref(name)

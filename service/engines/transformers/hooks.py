@@ -4,6 +4,10 @@ Rows of one batch carry different steering vectors, so each hook holds, per laye
 ``[rows, width]`` delta plus per-row position modes, and the engine tells it whether the current
 forward is the prefill (many positions) or a decode step (one position). With left padding the
 last prompt token of every row is the last position of the prefill.
+
+The modules hooked — each decoder layer (residual vectors on its output) and its attention
+out-projection (head vectors on its input) — are found by ``decoder_layout.find_layout``, the
+same family table the vLLM engine uses; a model it does not cover raises ``SteeringUnsupported``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import torch
 
 from ...alignment.spec import SteeringVector
+from ..decoder_layout import DecoderLayout, check_steering, find_layout
 
 _MODES = {"last_prompt": 0, "generated": 1, "all": 2}
 
@@ -27,8 +32,28 @@ class _LayerPlan:
     mode: torch.Tensor  # [rows] int per-row position mode (one mode per row and layer)
 
 
-def decoder_layers(model: Any) -> Any:
-    return model.model.layers
+def _input_width(m: torch.nn.Module) -> int | None:
+    """Input features of a linear out-projection (``nn.Linear``, or GPT-2's transposed ``Conv1D``)."""
+    if isinstance(m, torch.nn.Linear):
+        return int(m.in_features)
+    weight = getattr(m, "weight", None)
+    if type(m).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    return None
+
+
+def layout_of(model: Any) -> DecoderLayout:
+    """The model's decoder layers and attention out-projections (cached on the model)."""
+    cached = getattr(model, "_alignserve_layout", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    cfg = model.config.get_text_config()
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+    layout = find_layout(model, arch, int(cfg.num_hidden_layers), heads * head_dim, _input_width)
+    model._alignserve_layout = layout
+    return layout
 
 
 class SteeringHooks:
@@ -45,14 +70,20 @@ class SteeringHooks:
         self.model = model
         self.phase = "prefill"
         self.head_dim = head_dim
-        hidden = model.config.hidden_size
+        cfg = model.config.get_text_config()
+        hidden = cfg.hidden_size
+        heads = int(cfg.num_attention_heads)
         n = len(rows)
+        if any(rows):
+            layout_of(model)  # SteeringUnsupported before any work on a model it cannot steer
+        for vectors in rows:
+            check_steering(vectors, int(cfg.num_hidden_layers), heads, head_dim, hidden)
         self.residual: dict[int, _LayerPlan] = {}
         self.heads: dict[int, _LayerPlan] = {}
         for r, vectors in enumerate(rows):
             for v in vectors:
                 plans = self.heads if v.head is not None else self.residual
-                width = hidden if v.head is None else model.config.num_attention_heads * head_dim
+                width = hidden if v.head is None else heads * head_dim
                 plan = plans.get(v.layer)
                 if plan is None:
                     plan = _LayerPlan(
@@ -100,7 +131,10 @@ class SteeringHooks:
         return torch.where(rep, plan.replace.unsqueeze(1).expand_as(out), out)
 
     def __enter__(self) -> SteeringHooks:
-        layers = decoder_layers(self.model)
+        if not self.active:
+            return self
+        layout = layout_of(self.model)
+        layers, projs = layout.layers, layout.out_projs
         # the hooks look their plan up at call time: ``select_rows`` replaces plans mid-generation
         for idx in self.residual:
             def post(_m, _args, output, idx=idx):  # type: ignore[no-untyped-def]
@@ -114,7 +148,7 @@ class SteeringHooks:
             def pre(_m, args, idx=idx):  # type: ignore[no-untyped-def]
                 return (self._apply(args[0], self.heads[idx]),) + tuple(args[1:])
 
-            self._handles.append(layers[idx].self_attn.o_proj.register_forward_pre_hook(pre))
+            self._handles.append(projs[idx].register_forward_pre_hook(pre))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -124,7 +158,7 @@ class SteeringHooks:
 
 
 class HeadCapture:
-    """Records the ``o_proj`` input (all heads concatenated) at the last position of each layer."""
+    """Records each layer's attention out-projection input (all heads concatenated) at the last position."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -132,11 +166,11 @@ class HeadCapture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> HeadCapture:
-        for idx, layer in enumerate(decoder_layers(self.model)):
+        for idx, proj in enumerate(layout_of(self.model).out_projs):
             def pre(_m, args, idx=idx):  # type: ignore[no-untyped-def]
                 self.outputs[idx] = args[0][:, -1, :].detach().float().clone()
 
-            self._handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
+            self._handles.append(proj.register_forward_pre_hook(pre))
         return self
 
     def __exit__(self, *exc: object) -> None:

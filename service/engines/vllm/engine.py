@@ -4,10 +4,12 @@ How the pieces fit (details in ``vllm/DESIGN.md``): an LA request becomes two vL
 tagged as a pair in ``SamplingParams.extra_args``; ``PairedLinearAlignment`` (a batch-level
 logits processor) draws one token from the aligned distribution and forces it on both rows;
 ``PairedScheduler`` commits a pair's token only when both rows sampled in the same step. Steering
-vectors travel in ``extra_args`` too and are applied inside the model's forward by the steerable
-Qwen2 architecture, so CUDA graphs stay on. vLLM runs its engine core in a subprocess; this
-class drives ``AsyncLLM`` from a private event-loop thread so the synchronous ``Engine`` API (used
-by the worker thread) and the async benchmark share one code path.
+vectors travel in ``extra_args`` too and are applied inside the model's forward by the model's own
+decoder layers and attention out-projections, wrapped at load time (``worker.AlignserveWorker``),
+so CUDA graphs stay on — for any decoder family ``decoder_layout`` knows, at any TP size. vLLM
+runs its engine core in a subprocess; this class drives ``AsyncLLM`` from a private event-loop
+thread so the synchronous ``Engine`` API (used by the worker thread) and the async benchmark share
+one code path.
 """
 
 from __future__ import annotations
@@ -37,18 +39,20 @@ from ..base import (
     GenerationResult,
     Message,
     PromptSize,
+    RequestRejected,
     TokenEvent,
     readout_sequences,
 )
-from ..chat import with_principle, with_system
+from ..chat import ChatPrompts
+from ..decoder_layout import SteeringUnsupported, check_steering
 from .capture import unpack
 from .pairing import EXTRA_KEY
+from .sharding import gather_heads
 from .steer_tables import cache_salt, steering_key, vectors_to_args
 
 log = logging.getLogger(__name__)
 
 GLUE = "service.engines.vllm"
-STEERABLE_ARCHS = {"Qwen2ForCausalLM"}
 
 
 @dataclass
@@ -69,6 +73,7 @@ class VLLMSettings:
     # thousands of one-token requests; bounding them leaves the engine to the live traffic.
     compile_concurrency: int = 32
     dtype: str = "bfloat16"
+    tensor_parallel_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,7 +84,8 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
     kw: dict[str, Any] = dict(model=model_path, tokenizer=model_path, dtype=s.dtype,
                               max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
                               max_num_seqs=s.max_num_seqs, enable_prefix_caching=True,
-                              enforce_eager=s.enforce_eager, disable_log_stats=False)
+                              enforce_eager=s.enforce_eager, disable_log_stats=False,
+                              tensor_parallel_size=s.tensor_parallel_size)
     if s.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = s.max_num_batched_tokens
     if s.num_gpu_blocks:
@@ -89,10 +95,7 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
     if s.async_scheduling is not None:
         kw["async_scheduling"] = s.async_scheduling
     if s.glue:
-        arch = (AutoConfig.from_pretrained(model_path).architectures or [""])[0]
-        if arch in STEERABLE_ARCHS:
-            kw["hf_overrides"] = {"architectures": ["AlignserveQwen2ForCausalLM"]}
-        kw.update(worker_extension_cls=f"{GLUE}.worker.SteeringWorkerExtension",
+        kw.update(worker_cls=f"{GLUE}.worker.AlignserveWorker",
                   additional_config={"alignserve_steer_slots": s.steer_slots,
                                      "alignserve_strict_pairs": s.strict_pairs})
         if s.pairing:
@@ -111,10 +114,14 @@ class VLLMEngine:
         self.model_name = model_path
         self.default_system = default_system
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        cfg = AutoConfig.from_pretrained(model_path)
+        self.prompts = ChatPrompts(self.tokenizer, default_system)
+        top = AutoConfig.from_pretrained(model_path)
+        cfg = top.get_text_config()
+        self.architecture = (getattr(top, "architectures", None) or [type(top).__name__])[0]
         self.num_layers = int(cfg.num_hidden_layers)
         self.num_heads = int(cfg.num_attention_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.hidden_size = int(cfg.hidden_size)
         self.max_model_len = self.settings.max_model_len
         self.yes_id = int(self.tokenizer.encode("Yes", add_special_tokens=False)[0])
         self.no_id = int(self.tokenizer.encode("No", add_special_tokens=False)[0])
@@ -128,8 +135,14 @@ class VLLMEngine:
         self._thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
         self._thread.start()
         self.llm: Any = self.call(self._start(model_path))
-        self.steerable = bool(self.call(self.llm.collective_rpc("alignserve_install_steering"))[0]) \
-            if self.settings.glue else False
+        # one entry per rank: what AlignserveWorker attached at load time (or why it did not)
+        self.steering_info: list[dict[str, Any]] = (
+            list(self.call(self.llm.collective_rpc("alignserve_steering_info"))) if self.settings.glue else [])
+        self.steerable = bool(self.steering_info) and all(i["supported"] for i in self.steering_info)
+        if self.steerable:
+            i0 = self.steering_info[0]
+            self.num_layers, self.num_heads, self.head_dim = int(i0["layers"]), int(i0["heads"]), int(i0["head_dim"])
+        log.info("vLLM steering: %s", "attached" if self.steerable else self._why_not_steerable())
 
     async def _start(self, model_path: str) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -143,20 +156,43 @@ class VLLMEngine:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return fut.result(timeout)
 
+    # ---- steering checks -------------------------------------------------------------------
+    def _why_not_steerable(self) -> str:
+        if not self.settings.glue:
+            return "the engine was started without alignserve's glue (stock vLLM)"
+        reasons = {str(i.get("reason")) for i in self.steering_info if not i.get("supported")}
+        return "; ".join(sorted(reasons)) or "no steering information from the workers"
+
+    def validate_steering(self, vectors: Sequence[SteeringVector]) -> None:
+        """Raise ``SteeringUnsupported`` (no layout on this architecture) or ``InvalidSteering``
+        (a layer/head outside the model) before anything reaches vLLM's workers."""
+        if not vectors:
+            return
+        if not self.steerable:
+            raise SteeringUnsupported(self.architecture, self._why_not_steerable())
+        check_steering(vectors, self.num_layers, self.num_heads, self.head_dim, self.hidden_size)
+
+    def check_head_capture(self) -> None:
+        """Raise ``SteeringUnsupported`` where an Activation-RM compile cannot run on this model."""
+        if not self.steerable:
+            raise SteeringUnsupported(self.architecture, self._why_not_steerable())
+        problems = {str(i["capture"]) for i in self.steering_info if i.get("capture")}
+        if problems:
+            raise SteeringUnsupported(self.architecture, "head capture: " + "; ".join(sorted(problems)))
+
     # ---- prompts -------------------------------------------------------------------------
     def encode_chat(self, messages: list[Message]) -> list[int]:
-        out: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        return [int(i) for i in ids]
+        return self.prompts.encode(messages)
 
     def prompt_size(self, messages: list[Message], principle: str | None, placement: str = "system") -> PromptSize:
-        plain = len(self.encode_chat(with_system(messages, self.default_system)))
-        with_p = (len(self.encode_chat(with_principle(messages, principle, self.default_system, placement)))
-                  if principle else None)
-        return PromptSize(plain, with_p)
+        return self.prompts.size(messages, principle, placement)
 
     # ---- generation ----------------------------------------------------------------------
     def _params(self, req: GenerationRequest, max_tokens: int, tag: dict[str, Any] | None) -> Any:
+        """vLLM sampling params of one stream. The shown stream (plain request, or an LA pair's
+        principle stream) returns only what is new each step (``DELTA``: no re-sent prefixes). An LA
+        pair's plain stream is never shown: no detokenisation, no stop-string checks, no per-step
+        output (``FINAL_ONLY``); it ends when the shown stream does (aborted) or at max_tokens."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -165,18 +201,21 @@ class VLLMEngine:
         if tag is not None or req.alignment.steering:
             extra[EXTRA_KEY] = dict(tag or {})
             if req.alignment.steering:
-                if not self.steerable:
-                    raise ValueError(f"steering needs a steerable architecture ({', '.join(STEERABLE_ARCHS)})")
+                self.validate_steering(req.alignment.steering)
                 extra[EXTRA_KEY]["steer"] = vectors_to_args(req.alignment.steering)
         paired = tag is not None
+        hidden = paired and tag is not None and tag.get("role") == "plain"
         return SamplingParams(
             max_tokens=max_tokens, temperature=0.0 if paired or sp.greedy else sp.temperature,
             top_p=1.0 if paired else sp.top_p, top_k=0 if paired or sp.top_k <= 0 else sp.top_k,
-            seed=None if paired else sp.seed, stop=list(sp.stop) or None, ignore_eos=sp.ignore_eos,
-            output_kind=RequestOutputKind.CUMULATIVE, extra_args=extra or None)
+            seed=None if paired else sp.seed, stop=None if hidden else (list(sp.stop) or None),
+            ignore_eos=sp.ignore_eos, detokenize=not hidden,
+            output_kind=RequestOutputKind.FINAL_ONLY if hidden else RequestOutputKind.DELTA,
+            extra_args=extra or None)
 
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
         """One request (two vLLM sequences for LA) from submission to its last token."""
+        self.validate_steering(req.alignment.steering)
         async with self._steering_admitted(req.alignment.steering):
             return await self._agenerate(req)
 
@@ -216,16 +255,16 @@ class VLLMEngine:
 
     async def _agenerate(self, req: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
-        plain = self.encode_chat(with_system(req.messages, self.default_system))
         la = req.alignment.la
         if la is not None and not (self.settings.glue and self.settings.pairing):
-            raise ValueError("this vLLM engine was started without Linear-Alignment pairing")
-        principle = (self.encode_chat(with_principle(req.messages, la.principle, self.default_system, la.placement))
-                     if la else None)
+            raise RequestRejected("la_unsupported", "this vLLM engine was started without Linear-Alignment pairing")
+        plain, principle = self.prompts.streams(req.messages, la.principle if la else None,
+                                                la.placement if la else "system")
         longest = max(len(plain), len(principle or []))
         max_tokens = min(req.sampling.max_tokens, self.max_model_len - longest)
         if max_tokens < 1:
-            raise ValueError(f"prompt of {longest} tokens leaves no room under max_model_len {self.max_model_len}")
+            raise RequestRejected("prompt_too_long",
+                                  f"prompt of {longest} tokens leaves no room under max_model_len {self.max_model_len}")
         rid = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
         streams: list[tuple[str, list[int], Any]] = []
         if la is None:
@@ -235,7 +274,8 @@ class VLLMEngine:
             la_args = {"principle": la.principle, "strength": la.strength, "adaptive": la.adaptive,
                        "kl_budget": la.kl_budget, "max_strength": la.max_strength,
                        "plausibility_top_p": la.plausibility_top_p,
-                       "plausibility_temperature": la.plausibility_temperature, "placement": la.placement}
+                       "plausibility_temperature": la.plausibility_temperature, "placement": la.placement,
+                       "sampling": la.sampling}
             sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
             base = {"pair": rid, "sampling": sampling}
             lead_tag = {**base, "role": "principle", "la": la_args}
@@ -246,15 +286,15 @@ class VLLMEngine:
         async def consume(sid: str, prompt: list[int], params: Any, lead: bool) -> None:
             async for out in self.llm.generate(self._prompt(prompt, req.alignment.steering), params, sid):
                 o = out.outputs[0]
-                if not lead:
+                if not lead:  # FINAL_ONLY: the whole output, once, if it ends by itself
                     state["mate_tokens"] = list(o.token_ids)
                     continue
-                new = list(o.token_ids)[len(state["tokens"]):]
+                new = list(o.token_ids)  # DELTA: only this step's tokens and text
                 if new and not state["tokens"]:
                     state["first"] = time.perf_counter() - started
-                delta = o.text[len(state["text"]):]
+                delta = o.text
                 state["tokens"].extend(new)
-                state["text"] = o.text
+                state["text"] += delta
                 if req.on_token is not None:
                     for j, tok in enumerate(new):
                         req.on_token(TokenEvent(req.request_id, tok, delta if j == len(new) - 1 else "",
@@ -301,6 +341,11 @@ class VLLMEngine:
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats)
 
+    def health_error(self) -> str | None:
+        """Dead or alive without traffic (the worker probes it; ``scheduling/health.py``): vLLM sets
+        ``errored`` as soon as its engine-core process is gone."""
+        return "the vLLM engine core is dead" if self.llm.errored else None
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         async def all_of() -> list[GenerationResult]:
             return list(await asyncio.gather(*(self.agenerate(r) for r in requests)))
@@ -320,6 +365,7 @@ class VLLMEngine:
 
         from vllm import SamplingParams
 
+        self.validate_steering(steering)
         extra = {EXTRA_KEY: {"steer": vectors_to_args(steering)}} if steering else None
         salted = self._prompt([], steering)  # the salt is computed once per spec, not per request
 
@@ -348,17 +394,18 @@ class VLLMEngine:
                                  completions: Sequence[str] | None = None) -> torch.Tensor:
         """``[n, layers, heads, head_dim]`` at each conversation's last token (after its completion,
         if given), read inside the worker by ``capture`` between engine steps."""
-        if not self.steerable:
-            raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
-                             f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+        self.check_head_capture()
         seqs = readout_sequences(self.encode_chat, self.tokenizer, conversations, completions)
-        packed = self.call(self.llm.collective_rpc("alignserve_capture_heads", args=(seqs,)))[0]
-        return unpack(packed).view(len(seqs), self.num_layers, self.num_heads, self.head_dim)
+        if any(len(s) > self.max_model_len for s in seqs):
+            raise ValueError(f"a capture sequence is longer than max_model_len {self.max_model_len}")
+        per_rank = self.call(self.llm.collective_rpc("alignserve_capture_heads", args=(seqs,)))
+        parallel = bool(self.steering_info[0].get("parallel", True)) if self.steering_info else True
+        acts = gather_heads([unpack(p) for p in per_rank], parallel)
+        return acts.view(len(seqs), self.num_layers, self.num_heads, self.head_dim)
 
     def open_readout(self, conversations: Sequence[list[Message]]) -> _VLLMReadout:
         if not self.steerable:
-            raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
-                             f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+            raise SteeringUnsupported(self.architecture, self._why_not_steerable())
         return _VLLMReadout(self, [self.encode_chat(c) for c in conversations])
 
     def close(self) -> None:

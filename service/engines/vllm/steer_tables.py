@@ -1,14 +1,16 @@
 """Steering inside the compiled model: slot tables and per-token slot indices (pure; no vLLM).
 
 CUDA graphs replay fixed kernels on fixed buffers, so steering cannot be a Python hook. Instead
-every decoder layer reads, for each token of the flattened batch, a *slot* index from a
-persistent buffer and applies that slot's rows of four per-layer tables:
+the wrapped modules (``steering.py``) read, for each token of the flattened batch, a *slot* index
+from a persistent buffer and apply that slot's rows of three per-layer tables:
 
-* ``head_keep``/``head_repl`` ``[slots, heads*head_dim]`` on the ``o_proj`` input:
-  ``x * keep + repl`` (replace selected heads; identity is keep=1, repl=0),
-* ``attn_add`` ``[slots, hidden]`` on the attention output: additive head vectors folded through
-  ``o_proj`` (``W_o[:, head] @ v``; exact because ``o_proj`` is linear without bias),
-* ``resid_add`` ``[slots, hidden]`` on the residual stream after the layer.
+* ``head_keep``/``head_shift`` ``[slots, width]`` on the attention out-projection's input (this
+  rank's head columns, ``sharding.HeadShard``): ``x * keep + shift``. Identity is keep=1,
+  shift=0; a replaced head has keep=0, shift=vector; an added head vector has keep=1,
+  shift=vector — the same arithmetic as the transformers engine's pre-hook on ``o_proj``.
+* ``resid_add`` ``[slots, hidden]`` on the decoder layer's output (the residual stream after the
+  layer). That output is replicated on every rank (it follows the layer's all-reduces), so each
+  rank adds it once to its copy: once per token.
 
 Slot 0 is the identity, so unsteered tokens are unchanged bit for bit. A steered request owns up
 to three slots, one per *phase* of a token's position ``p`` in a prompt of length ``P``:
@@ -18,7 +20,7 @@ to three slots, one per *phase* of a token's position ``p`` in a prompt of lengt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from ...alignment.spec import SteeringVector
+from .sharding import HeadShard
 
 PHASES = ("body", "last", "gen")
 _APPLIES = {"body": {"all"}, "last": {"all", "last_prompt", "generated"}, "gen": {"all", "generated"}}
@@ -60,53 +63,45 @@ def vectors_from_args(items: Sequence[Mapping[str, Any]]) -> list[SteeringVector
 
 @dataclass
 class PhaseTables:
-    """One slot's content for every layer."""
+    """One slot's content for every layer (float32)."""
 
     resid_add: torch.Tensor  # [layers, hidden]
-    attn_add: torch.Tensor  # [layers, hidden]
-    head_keep: torch.Tensor  # [layers, heads*head_dim]
-    head_repl: torch.Tensor  # [layers, heads*head_dim]
+    head_keep: torch.Tensor  # [layers, width] this rank's out-projection input columns
+    head_shift: torch.Tensor  # [layers, width]
 
 
-def build_phase_tables(
-    vectors: Sequence[SteeringVector],
-    num_layers: int,
-    hidden: int,
-    num_heads: int,
-    head_dim: int,
-    o_proj_weight: Callable[[int], torch.Tensor],
-) -> dict[str, PhaseTables]:
-    """Tables for each phase that has at least one vector (float32, on ``o_proj_weight``'s device)."""
+def build_phase_tables(vectors: Sequence[SteeringVector], num_layers: int, hidden: int, shard: HeadShard,
+                       device: torch.device | str = "cpu") -> dict[str, PhaseTables]:
+    """Tables for each phase that has at least one vector, for the rank ``shard`` describes.
+
+    Head vectors of heads another rank holds leave this rank's columns untouched. Where a head is
+    both replaced and added to, the replacement wins (as in the transformers engine). Vectors are
+    assumed valid (``decoder_layout.check_steering`` runs before a request reaches the worker)."""
     out: dict[str, PhaseTables] = {}
+    d = shard.head_dim
     for phase in PHASES:
         chosen = [v for v in vectors if v.position in _APPLIES[phase]]
         if not chosen:
             continue
-        dev = o_proj_weight(chosen[0].layer).device
-        t = PhaseTables(
-            resid_add=torch.zeros(num_layers, hidden, device=dev),
-            attn_add=torch.zeros(num_layers, hidden, device=dev),
-            head_keep=torch.ones(num_layers, num_heads * head_dim, device=dev),
-            head_repl=torch.zeros(num_layers, num_heads * head_dim, device=dev),
-        )
+        resid = torch.zeros(num_layers, hidden, device=device)
+        add = torch.zeros(num_layers, shard.width, device=device)
+        keep = torch.ones(num_layers, shard.width, device=device)
+        repl = torch.zeros(num_layers, shard.width, device=device)
         for v in chosen:
-            if not 0 <= v.layer < num_layers:
-                raise ValueError(f"steering layer {v.layer} outside [0, {num_layers})")
-            vec = v.vector.to(device=dev, dtype=torch.float32) * v.scale
+            vec = v.vector.to(device=device, dtype=torch.float32) * v.scale
             if v.head is None:
-                if vec.numel() != hidden:
-                    raise ValueError(f"residual vector has {vec.numel()} entries, model hidden is {hidden}")
-                t.resid_add[v.layer] += vec
+                resid[v.layer] += vec
                 continue
-            if not 0 <= v.head < num_heads or vec.numel() != head_dim:
-                raise ValueError(f"head vector must target a head in [0, {num_heads}) with {head_dim} entries")
-            cols = slice(v.head * head_dim, (v.head + 1) * head_dim)
+            local = shard.local(v.head)
+            if local is None:
+                continue
+            cols = slice(local * d, (local + 1) * d)
             if v.replace:
-                t.head_keep[v.layer, cols] = 0.0
-                t.head_repl[v.layer, cols] = vec
+                keep[v.layer, cols] = 0.0
+                repl[v.layer, cols] = vec
             else:
-                t.attn_add[v.layer] += o_proj_weight(v.layer)[:, cols].float() @ vec
-        out[phase] = t
+                add[v.layer, cols] += vec
+        out[phase] = PhaseTables(resid_add=resid, head_keep=keep, head_shift=torch.where(keep == 0, repl, add))
     return out
 
 

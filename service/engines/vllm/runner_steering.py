@@ -1,0 +1,102 @@
+"""Before each step: the per-token slot index and, on first sight of a spec, its tables (no vLLM import).
+
+``AlignserveWorker`` wraps the model runner's ``_prepare_inputs`` — called every step once the
+persistent batch has its final order — so that :meth:`RunnerSteering.before_step` writes the slot
+of every scheduled token into the persistent index the wrapped modules read (the way vLLM's LoRA
+support maps tokens to adapters). A steered request's vectors arrive in
+``SamplingParams.extra_args``; its slots are filled on first sight and released when the runner
+forgets the request. Requests with equal specs share slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .pairing import EXTRA_KEY
+from .sharding import HeadShard
+from .steer_tables import SlotAllocator, build_phase_tables, steering_key, token_slots, vectors_from_args
+from .steering import SteeringBuffers
+
+log = logging.getLogger("alignserve.vllm.steering")
+
+
+class RunnerSteering:
+    def __init__(self, runner: Any, bufs: SteeringBuffers, shard: HeadShard, hidden: int) -> None:
+        self.runner = runner
+        self.bufs = bufs
+        self.shard = shard
+        self.hidden = hidden
+        self.alloc = SlotAllocator(bufs.slots)
+        pin = bufs.index.device.type == "cuda"
+        self.host = torch.zeros(bufs.index.shape[0], dtype=torch.long, pin_memory=pin)
+        self.dirty = 0  # tokens written non-zero by the previous step
+        self.failed: set[str] = set()  # requests whose tables could not be built (logged once, run unsteered)
+
+    def _install(self, req_id: str, args: list[dict[str, Any]]) -> dict[str, int] | None:
+        key = steering_key(args)
+        shared = self.alloc.lookup(req_id, key)
+        if shared is not None:
+            return shared
+        try:
+            tables = build_phase_tables(vectors_from_args(args), len(self.bufs.resid), self.hidden, self.shard,
+                                        self.bufs.index.device)
+            slots = self.alloc.allocate(req_id, key, list(tables))
+        except Exception:  # the engine validates and admits first; never take the engine down over one request
+            log.exception("steering tables for %s could not be built; it runs unsteered", req_id)
+            self.failed.add(req_id)
+            return None
+        for phase, slot in slots.items():
+            t = tables[phase]
+            for li in range(len(self.bufs.resid)):
+                self.bufs.resid[li][slot].copy_(t.resid_add[li])
+                self.bufs.keep[li][slot].copy_(t.head_keep[li])
+                self.bufs.shift[li][slot].copy_(t.head_shift[li])
+        return slots
+
+    def before_step(self, num_scheduled: np.ndarray) -> None:
+        batch = self.runner.input_batch
+        n = batch.num_reqs
+        for rid in [r for r in self.alloc.owned if r not in self.runner.requests]:
+            self.alloc.release(rid)
+        self.failed &= set(self.runner.requests)
+        per_req: list[dict[str, int] | None] = []
+        any_steered = False
+        for rid in batch.req_ids[:n]:
+            state = self.runner.requests[rid]
+            extra = state.sampling_params.extra_args if state.sampling_params is not None else None
+            steer = (extra or {}).get(EXTRA_KEY, {}).get("steer") if extra else None
+            slots = None
+            if steer and rid not in self.failed:
+                owned = self.alloc.owned.get(rid)
+                slots = self.alloc.by_key[owned] if owned is not None else self._install(rid, steer)
+                any_steered = any_steered or slots is not None
+            per_req.append(slots)
+        if not any_steered and not self.dirty:
+            return
+        total = int(num_scheduled[:n].sum())
+        idx = token_slots(batch.num_computed_tokens_cpu[:n], num_scheduled[:n], batch.num_prompt_tokens[:n], per_req)
+        width = max(total, self.dirty)
+        self.host[:width] = 0
+        self.host[:total] = torch.from_numpy(idx)
+        # Asynchronous from pinned memory: a blocking copy would stall the CPU on the GPU every
+        # step. Safe to reuse ``host`` next step: _prepare_inputs runs inside the runner's
+        # synchronize_input_prep(), which waits for the previous step's input copies.
+        self.bufs.index[:width].copy_(self.host[:width], non_blocking=True)
+        self.dirty = total if any_steered else 0
+
+    @contextlib.contextmanager
+    def identity(self, tokens: int) -> Iterator[None]:
+        """The first ``tokens`` index entries read slot 0 (unsteered) inside the block, then are
+        restored (the head capture runs between steps on whatever the last step left there)."""
+        saved = self.bufs.index[:tokens].clone()
+        self.bufs.index[:tokens].zero_()
+        try:
+            yield
+        finally:
+            self.bufs.index[:tokens].copy_(saved)
