@@ -113,3 +113,31 @@ def test_la_plain_stream_is_hidden(engine: VLLMEngine) -> None:
     assert plain.output_kind is Kind.FINAL_ONLY and not plain.detokenize and plain.stop is None
     assert lead.max_tokens == plain.max_tokens == 4
     assert sorted(engine.llm.aborted) == sorted(params)  # both streams released at the end
+
+
+def test_steering_spec_is_converted_once_per_request(engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from service.alignment.spec import SteeringVector
+    from service.engines.vllm import steer_tables
+
+    calls = {"args": 0, "key": 0}
+    real_args, real_key = steer_tables.vectors_to_args, steer_tables.steering_key
+
+    def count_args(v: Any) -> Any:
+        calls["args"] += 1
+        return real_args(v)
+
+    def count_key(a: Any) -> Any:
+        calls["key"] += 1
+        return real_key(a)
+
+    monkeypatch.setattr(steer_tables, "vectors_to_args", count_args)
+    monkeypatch.setattr(steer_tables, "steering_key", count_key)
+    engine.validate_steering = lambda vectors: None  # type: ignore[method-assign]
+    req = _request(la=True)
+    req.alignment = AlignmentSpec(la=req.alignment.la, steering=(SteeringVector(layer=0, vector=torch.ones(4)),))
+    engine.submit(req).result(10)
+    assert calls == {"args": 1, "key": 1}  # not once per stream, admission and prompt
+    sps = list(engine.llm.params.values())
+    assert len(sps) == 2 and all(sp.extra_args["alignserve"]["steer"][0]["layer"] == 0 for sp in sps)

@@ -48,7 +48,7 @@ from ..decoder_layout import SteeringUnsupported, check_steering
 from .capture import unpack
 from .pairing import EXTRA_KEY
 from .sharding import gather_heads
-from .steer_tables import cache_salt, steering_key, vectors_to_args
+from .steer_tables import SteeringSpec
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ class VLLMEngine:
         return self.prompts.size(messages, principle, placement)
 
     # ---- generation ----------------------------------------------------------------------
-    def _params(self, req: GenerationRequest, max_tokens: int, tag: dict[str, Any] | None) -> Any:
+    def _params(self, req: GenerationRequest, max_tokens: int, tag: dict[str, Any] | None,
+                spec: SteeringSpec | None) -> Any:
         """vLLM sampling params of one stream. The shown stream (plain request, or an LA pair's
         principle stream) returns only what is new each step (``DELTA``: no re-sent prefixes). An LA
         pair's plain stream is never shown: no detokenisation, no stop-string checks, no per-step
@@ -198,11 +199,10 @@ class VLLMEngine:
 
         sp = req.sampling
         extra: dict[str, Any] = {}
-        if tag is not None or req.alignment.steering:
+        if tag is not None or spec is not None:
             extra[EXTRA_KEY] = dict(tag or {})
-            if req.alignment.steering:
-                self.validate_steering(req.alignment.steering)
-                extra[EXTRA_KEY]["steer"] = vectors_to_args(req.alignment.steering)
+            if spec is not None:
+                extra[EXTRA_KEY]["steer"] = spec.args
         paired = tag is not None
         hidden = paired and tag is not None and tag.get("role") == "plain"
         return SamplingParams(
@@ -216,19 +216,20 @@ class VLLMEngine:
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
         """One request (two vLLM sequences for LA) from submission to its last token."""
         self.validate_steering(req.alignment.steering)
-        async with self._steering_admitted(req.alignment.steering):
-            return await self._agenerate(req)
+        spec = SteeringSpec.of(req.alignment.steering)  # once per request: args, key and salt
+        async with self._steering_admitted(spec):
+            return await self._agenerate(req, spec)
 
     @contextlib.asynccontextmanager
-    async def _steering_admitted(self, steering: Sequence[SteeringVector]) -> AsyncIterator[None]:
+    async def _steering_admitted(self, spec: SteeringSpec | None) -> AsyncIterator[None]:
         """Wait while ``steer_capacity`` other distinct steering specs are in flight.
 
         Requests sharing a spec share the model's table slots; a spec beyond the capacity would
         find no free slot inside the worker, so it waits here instead (generation and scoring)."""
-        if not steering:
+        if spec is None:
             yield
             return
-        key = steering_key(vectors_to_args(steering))
+        key = spec.key
         if self._steer_cond is None:
             self._steer_cond = asyncio.Condition()
         async with self._steer_cond:
@@ -245,15 +246,15 @@ class VLLMEngine:
                 self._steer_cond.notify_all()
 
     @staticmethod
-    def _prompt(token_ids: list[int], steering: Sequence[SteeringVector]) -> Any:
+    def _prompt(token_ids: list[int], spec: SteeringSpec | None) -> Any:
         """The vLLM prompt; steered KV is kept apart in the prefix cache (``steer_tables.cache_salt``)."""
         from vllm.inputs import TokensPrompt
 
-        salt = cache_salt(vectors_to_args(steering)) if steering else None
+        salt = spec.salt if spec is not None else None
         return (TokensPrompt(prompt_token_ids=token_ids) if salt is None
                 else TokensPrompt(prompt_token_ids=token_ids, cache_salt=salt))
 
-    async def _agenerate(self, req: GenerationRequest) -> GenerationResult:
+    async def _agenerate(self, req: GenerationRequest, spec: SteeringSpec | None) -> GenerationResult:
         started = time.perf_counter()
         la = req.alignment.la
         if la is not None and not (self.settings.glue and self.settings.pairing):
@@ -268,7 +269,7 @@ class VLLMEngine:
         rid = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
         streams: list[tuple[str, list[int], Any]] = []
         if la is None:
-            streams.append((rid, plain, self._params(req, max_tokens, None)))
+            streams.append((rid, plain, self._params(req, max_tokens, None, spec)))
         else:
             s = req.sampling
             la_args = {"principle": la.principle, "strength": la.strength, "adaptive": la.adaptive,
@@ -279,12 +280,12 @@ class VLLMEngine:
             sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
             base = {"pair": rid, "sampling": sampling}
             lead_tag = {**base, "role": "principle", "la": la_args}
-            streams.append((f"{rid}-p", principle or [], self._params(req, max_tokens, lead_tag)))
-            streams.append((f"{rid}-b", plain, self._params(req, max_tokens, {**base, "role": "plain"})))
+            streams.append((f"{rid}-p", principle or [], self._params(req, max_tokens, lead_tag, spec)))
+            streams.append((f"{rid}-b", plain, self._params(req, max_tokens, {**base, "role": "plain"}, spec)))
         state: dict[str, Any] = {"tokens": [], "text": "", "finish": None, "first": 0.0, "mate_tokens": None}
 
         async def consume(sid: str, prompt: list[int], params: Any, lead: bool) -> None:
-            async for out in self.llm.generate(self._prompt(prompt, req.alignment.steering), params, sid):
+            async for out in self.llm.generate(self._prompt(prompt, spec), params, sid):
                 o = out.outputs[0]
                 if not lead:  # FINAL_ONLY: the whole output, once, if it ends by itself
                     state["mate_tokens"] = list(o.token_ids)
@@ -366,8 +367,9 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         self.validate_steering(steering)
-        extra = {EXTRA_KEY: {"steer": vectors_to_args(steering)}} if steering else None
-        salted = self._prompt([], steering)  # the salt is computed once per spec, not per request
+        spec = SteeringSpec.of(steering)
+        extra = {EXTRA_KEY: {"steer": spec.args}} if spec is not None else None
+        salted = self._prompt([], spec)  # the salt is computed once per spec, not per request
 
         async def one(i: int, prompt: list[int]) -> float:
             sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[self.yes_id, self.no_id],
@@ -382,7 +384,7 @@ class VLLMEngine:
             y, n = math.exp(lp[self.yes_id].logprob), math.exp(lp[self.no_id].logprob)
             return y / (y + n)
 
-        async with self._steering_admitted(steering):
+        async with self._steering_admitted(spec):
             return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
     def yes_probability(self, conversations: Sequence[list[Message]],

@@ -156,7 +156,7 @@ class SlotAllocator:
         return list(slots.values())
 
 
-def cache_salt(args: Sequence[Mapping[str, Any]]) -> str | None:
+def cache_salt(args: Sequence[Mapping[str, Any]], key: str | None = None) -> str | None:
     """vLLM prefix-cache salt for a steered request, or None when its KV may be shared.
 
     vLLM keys cached KV blocks by token ids only. Steering at generated (or all) positions changes
@@ -168,7 +168,7 @@ def cache_salt(args: Sequence[Mapping[str, Any]]) -> str | None:
     """
     if not args or all(a.get("position", "generated") == "last_prompt" for a in args):
         return None
-    return f"alignserve-steer-{steering_key(args)}"
+    return f"alignserve-steer-{key or steering_key(args)}"
 
 
 def token_slots(
@@ -194,3 +194,23 @@ def token_slots(
             out[start:start + n] = seg
         start += n
     return out
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    """A request's steering in every form the engine needs, computed once per request: the
+    JSON-safe vectors (``extra_args``), the content key (slot sharing and admission) and the
+    prefix-cache salt."""
+
+    args: list[dict[str, Any]]
+    key: str
+    salt: str | None
+
+    @classmethod
+    def of(cls, vectors: Sequence[SteeringVector]) -> SteeringSpec | None:
+        if not vectors:
+            return None
+        args = vectors_to_args(vectors)
+        key = steering_key(args)
+        return cls(args, key, cache_salt(args, key))
+
