@@ -91,7 +91,7 @@ def test_activation_rm_profile_moves_scores_and_generations_toward_french(engine
 
     from service.language.fidelity import LanguageDetector
     from service.reward.activation_rm import CompileSettings, LabelledExample, compile_activation_rm
-    from service.reward.judge import judge_conversation
+    from service.reward.judge import YES_NO, judge_conversation
 
     data = json.loads((Path(__file__).resolve().parents[1] / "bench" / "data" / "french_profile.json").read_text())
     train = [LabelledExample(q, fr, True) for q, fr, _ in data["train"]]
@@ -103,7 +103,7 @@ def test_activation_rm_profile_moves_scores_and_generations_toward_french(engine
     test = data["test"]
     readout = engine.open_readout([judge_conversation(q, fr, data["rubric"]) for q, fr, _ in test]
                                   + [judge_conversation(q, en, data["rubric"]) for q, _, en in test])
-    p = readout.yes_probability([[], compiled.scoring_steering()])
+    p = readout.label_probability([[], compiled.scoring_steering()], YES_NO)
     readout.close()
     n = len(test)
     margin = (p[:, :n] - p[:, n:]).mean(1)

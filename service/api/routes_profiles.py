@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..jobs.runner import COMPILE_KIND, examples_from_spec
-from ..reward.activation_rm import CompiledARM
-from ..reward.judge import judge_conversation, rubric_for
+from ..reward.activation_rm import CompiledARM, longest_zero_shot_query
+from ..reward.judge import rubric_for
 from ..store.jobs import JobQueueFull, JobRecord
 from ..store.profiles import ProfileConflict, ProfileRecord, parse_ref
 from .auth import require
@@ -94,8 +94,8 @@ def _check_example_lengths(services: Services, spec: ProfileSpec) -> None:
     _, engine = ready_worker(services)
     rubric = rubric_for(spec.principle, spec.rubric)
     examples = examples_from_spec(spec.activation_rm.model_dump())
-    longest = max(examples, key=lambda e: len(e.prompt) + len(e.response))
-    size = engine.prompt_size(judge_conversation(longest.prompt, longest.response, rubric), None).plain
+    longest = longest_zero_shot_query(examples, rubric, spec.activation_rm.format)
+    size = engine.prompt_size(longest, None).plain
     if size + 1 >= engine.max_model_len:
         raise ApiError(413, "example_too_long",
                        f"the longest example is about {size} tokens as a judge query; the model takes "

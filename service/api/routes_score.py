@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..reward.judge import rubric_for
+from ..reward.ranked import MAX_RANKED_RESPONSES
 from ..reward.reward_model import RewardModelRunner, rm_conversation
 from ..scheduling.worker import Overloaded, WorkerStopped
 from .auth import require
@@ -38,6 +39,11 @@ async def score(body: ScoreRequest, request: Request, services: Services = Depen
     if scorer is None:
         raise ApiError(422, "unknown_method", f"scoring method {body.method!r} is not available")
     longest = max(body.responses, key=len)
+    if body.method == "activation_rm" and compiled is not None and compiled.format == "ranked":
+        if len(body.responses) > MAX_RANKED_RESPONSES:
+            raise ApiError(422, "too_many_responses", f"a ranked profile compares every pair of responses; at most "
+                           f"{MAX_RANKED_RESPONSES} responses, got {len(body.responses)}")
+        longest = "\n".join(sorted(body.responses, key=len)[-2:])  # a ranked query shows two responses
     size = await run_in_threadpool(engine.prompt_size, [{"role": "user", "content": body.prompt + longest}], None)
     if size.plain + 128 >= engine.max_model_len:
         raise ApiError(413, "prompt_too_long",
