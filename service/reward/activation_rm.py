@@ -25,32 +25,34 @@ are every pair in both orders, and it scores N candidates by mean win probabilit
 in both orders (``ranked.ranked_scores``).
 
 REINFORCE settings, ours next to Multimodal Task Vectors' official code
-(github.com/Brandon3964/MultiModal-Task-Vector, ``MTV/mtv_utils.py::reinforce``):
+(github.com/Brandon3964/MultiModal-Task-Vector, ``MTV/mtv_utils.py::reinforce`` and ``mtv_eval.py``):
 
 ==================  =========================================  =========================================
                     MTV (Huang et al., 2024)                    alignserve
 ==================  =========================================  =========================================
 policy init         logit −1 per head (p = 0.27)                p = 0.2 (logit −1.39), ``init_prob``
 optimiser           Adam, lr 0.1, on Σ log p(mask)·R            plain gradient step, lr 0.5, on the mean
+                                                                over the draw of R·(mask − p)
 reward              −cross-entropy of the target token          ``ranking`` (default): log σ(z_good −
                                                                 z_bad) over same-prompt pairs;
                                                                 ``likelihood``: label log-likelihood
-reward scaling      (R − mean) / (std + 1e-3) over the draw     (R − mean) / std over the draw (skipped
+reward scaling      (R − mean) / (std + 1e-3) over the draw     (R − mean) / std over the draw (no step
                                                                 if std ≈ 0)
 masks per step      32                                          ``samples`` = 4
-steps               600 (one zero-shot query per step,          ``iterations`` = 100 (profile default;
-                    drawn from 100 held-aside examples)         every step scores the whole pool of ≤ 64
-                                                                queries)
-means               100 contexts of 4 shots (script defaults)   ≤ 32 contexts (one per example or pair)
-                                                                of ``shots_per_context`` = 4
+steps               600 (``epoch = 600`` at commit 3aea2ae;     ``iterations`` = 100 (profile default;
+                    one zero-shot query per step, drawn from    every step scores the whole pool of ≤ 64
+                    100 random training examples)               queries, or ≤ 32 pairs × 2 orders)
+means               ``--num_example`` contexts of               ≤ 32 contexts (one per example, or per
+                    ``--num_shot`` shots (defaults 100 × 4)     pair) of ``shots_per_context`` = 4
 heads kept          a mask sampled from the policy (best of     the ``num_heads`` most probable heads,
                     10 by validation loss; threshold 0.8 for    cut at the prefix with the best reward
-                    Idefics2)
+                    Idefics2)                                   on the pool
 ==================  =========================================  =========================================
 
-The smaller draw and the whole-pool reward per step trade MTV's many cheap steps for fewer, less
-noisy ones: one step costs ``samples`` one-token readouts of the pool, so a CPU compile stays in
-minutes. Our lr is larger because it multiplies a mean over 4 draws, not a sum over 32.
+Why they differ: every draw here is scored on the whole pool (one one-token readout per query), so
+a step is less noisy than MTV's single-query step but costs ``samples`` pool readouts; fewer masks
+and steps keep a CPU compile in minutes. The head set is a deterministic prefix of the learnt
+ranking so that a recompile with the same seed gives the same heads.
 """
 
 from __future__ import annotations
