@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="model cache and default DB live here")
     db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/profiles.db")
 
+    served_model_name: str | None = Field(
+        None, description="the model id clients see (/v1/models, responses, /readyz); default: the embedded "
+        "model's name, a local folder's last path component, or the hub id")
+
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -69,3 +73,16 @@ class Settings(BaseSettings):
             return self.db_url
         self.home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.home / 'profiles.db'}"
+
+
+def served_model_name(settings: Settings) -> str:
+    """The model id shown to clients: never a filesystem path unless the operator asks for one."""
+    if settings.served_model_name:
+        return settings.served_model_name
+    model = settings.model
+    if model.startswith("embedded:"):
+        return model.split(":", 1)[1]
+    path = Path(model).expanduser()
+    if model.startswith(("/", ".", "~")) or path.exists():
+        return path.resolve().name or model
+    return model

@@ -38,7 +38,7 @@ def make_settings(tmp_path: Path, model_dir: Path, **kw: object) -> Settings:
 def open_client(settings: Settings) -> TestClient:
     client = TestClient(create_app(settings, drain_s=5.0))
     client.__enter__()
-    assert client.app.state.services.wait_loaded(60), client.app.state.services.load_error  # type: ignore[attr-defined]
+    assert client.app.state.runtime.wait_loaded(60), client.app.state.runtime.load_error  # type: ignore[attr-defined]
     return client
 
 

@@ -168,7 +168,7 @@ def test_overload_returns_429_with_retry_after(tmp_path: Path, tiny_model_dir: P
 
     c = open_client(make_settings(tmp_path, tiny_model_dir, max_queue=1, max_batch_size=1))
     try:
-        services = c.app.state.services  # type: ignore[attr-defined]
+        services = c.app.state.runtime  # type: ignore[attr-defined]
         gate = threading.Event()
         real_generate = services.engine.generate
 
@@ -201,7 +201,7 @@ def test_readyz_reports_loading_and_failure(tmp_path: Path, tiny_model_dir: Path
 
     settings = make_settings(tmp_path, tmp_path / "does-not-exist")
     with TestClient(create_app(settings)) as bad:
-        bad.app.state.services.wait_loaded(30)  # type: ignore[attr-defined]
+        bad.app.state.runtime.wait_loaded(30)  # type: ignore[attr-defined]
         r = bad.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "failed"
         g = bad.post("/generate", json={"prompt": "hi"})

@@ -208,7 +208,7 @@ def test_ranked_profile_compiles_and_serves_through_the_api(client: TestClient,
     job = _wait_job(client, r.json()["id"])
     assert job["status"] == "succeeded", job
     assert client.get("/profiles/ranked").json()["spec"]["activation_rm"]["format"] == "ranked"
-    rec = client.app.state.services.store.get("ranked")  # type: ignore[attr-defined]
+    rec = client.app.state.runtime.store.get("ranked")  # type: ignore[attr-defined]
     compiled = CompiledARM.from_bytes(rec.tensors)
     assert compiled.info["format"] == "ranked" and compiled.info["pool"] == 8 and compiled.heads
 
@@ -261,7 +261,7 @@ def test_a_stored_profile_without_format_reads_as_scalar(tmp_path: Path, tiny_mo
         "objective": "ranking", "steer_strength": 4.0, "seed": 0}}
     client = open_client(make_settings(tmp_path, tiny_model_dir))
     try:
-        client.app.state.services.store.create("old", spec, compiled.to_bytes())  # type: ignore[attr-defined]
+        client.app.state.runtime.store.create("old", spec, compiled.to_bytes())  # type: ignore[attr-defined]
         assert client.get("/profiles/old").json()["spec"]["activation_rm"]["format"] == "scalar"
         responses = ["It is 4.", "It is 10."]
         out = client.post("/score", json={"prompt": "What is 3 plus one?", "responses": responses,

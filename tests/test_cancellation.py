@@ -20,7 +20,7 @@ from .server_proc import serve_in_thread
 def slow_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Any]]:
     app = create_app(make_settings(tmp_path, tiny_model_dir, max_model_len=512, max_tokens_limit=400))
     with serve_in_thread(app) as base:
-        services = app.state.services
+        services = app.state.runtime
         forward = services.engine._forward
 
         def slow_forward(*args: Any, **kwargs: Any) -> Any:  # 30 ms a step: long enough to hang up mid-way
@@ -80,7 +80,7 @@ def test_request_timeout_is_504_and_frees_the_engine(tmp_path: Path, tiny_model_
 
     c = open_client(make_settings(tmp_path, tiny_model_dir, request_timeout_s=0.5, max_tokens_limit=200))
     try:
-        services = c.app.state.services  # type: ignore[attr-defined]
+        services = c.app.state.runtime  # type: ignore[attr-defined]
         forward = services.engine._forward
 
         def slow_forward(*args: Any, **kwargs: Any) -> Any:

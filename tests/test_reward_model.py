@@ -151,7 +151,7 @@ def rm_client(tmp_path: Path, tiny_model_dir: Path, rm_dir: Path) -> Iterator[Te
     settings = make_settings(tmp_path, tiny_model_dir, reward_model=str(rm_dir))
     c = TestClient(create_app(settings, drain_s=5.0))
     c.__enter__()
-    assert c.app.state.services.wait_loaded(60)  # type: ignore[attr-defined]
+    assert c.app.state.runtime.wait_loaded(60)  # type: ignore[attr-defined]
     try:
         yield c
     finally:
@@ -194,7 +194,7 @@ def test_without_a_reward_model_the_method_is_refused(client: TestClient) -> Non
 def test_a_reward_model_that_fails_to_load_leaves_the_server_up(tmp_path: Path, tiny_model_dir: Path) -> None:
     settings = make_settings(tmp_path, tiny_model_dir, reward_model=str(tmp_path / "nowhere"))
     with TestClient(create_app(settings, drain_s=5.0)) as c:
-        assert c.app.state.services.wait_loaded(60)  # type: ignore[attr-defined]
+        assert c.app.state.runtime.wait_loaded(60)  # type: ignore[attr-defined]
         ready = c.get("/readyz").json()
         assert ready["status"] == "ready" and ready["reward_model_state"].startswith("failed")
         r = c.post("/score", json={"prompt": "hi", "responses": ["a"], "method": "reward_model"})
@@ -217,6 +217,6 @@ def test_overloaded_reward_model_answers_429(tmp_path: Path, tiny_model_dir: Pat
 
     with TestClient(create_app(make_settings(tmp_path, tiny_model_dir), drain_s=5.0,
                                reward_factory=lambda s: Busy())) as c:  # type: ignore[arg-type,return-value]
-        assert c.app.state.services.wait_loaded(60)  # type: ignore[attr-defined]
+        assert c.app.state.runtime.wait_loaded(60)  # type: ignore[attr-defined]
         r = c.post("/score", json={"prompt": "hi", "responses": ["a"], "method": "reward_model"})
         assert r.status_code == 429 and r.headers["Retry-After"] == "2"

@@ -46,7 +46,7 @@ def test_scopes_401_403_and_revocation(tmp_path: Path, tiny_model_dir: Path,
         # auth is checked before the body: no information leaks to unauthenticated callers
         assert c.post("/generate", json={"bad": 1}).status_code == 401
         keys.revoke(score_key.key_id)
-        c.app.state.services.verifier.ttl_s = 0  # type: ignore[attr-defined]
+        c.app.state.runtime.verifier.ttl_s = 0  # type: ignore[attr-defined]
         gone = c.post("/score", json={"prompt": "q", "responses": ["a"]}, headers=bearer(score_token))
         assert gone.status_code == 401
     finally:

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from service.alignment.spec import SteeringVector
+from service.engines.chat import ChatPrompts
 from service.engines.labels import LabelTokens
 from service.engines.vllm.capture import pack
 from service.engines.vllm.engine import VLLMEngine, VLLMSettings, _VLLMReadout
@@ -91,6 +92,7 @@ def engine(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Iterator[VL
     eng.steerable = True
     eng.num_layers, eng.num_heads, eng.head_dim = 3, 4, 5
     eng.tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    eng.prompts = ChatPrompts(eng.tokenizer, None)
     eng.llm = FakeLLM()
     eng.loop = asyncio.new_event_loop()
     thread = threading.Thread(target=eng.loop.run_forever, daemon=True)

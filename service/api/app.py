@@ -9,17 +9,12 @@ from fastapi import FastAPI
 
 from ..config import Settings
 from ..engines.factory import build_engine
-from ..language.fidelity import LanguageDetector
-from ..metrics.prometheus import Metrics
-from ..reward import Scorer, default_scorers
+from ..reward import Scorer
 from ..reward.factory import build_reward_model
-from ..store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
-from ..store.jobs import JobStore
-from ..store.profiles import ProfileStore
+from ..runtime import EngineFactory, RewardFactory, Runtime
 from . import routes_generate, routes_health, routes_profiles, routes_score
 from .errors import install_error_handlers
 from .middleware import ObserveMiddleware
-from .services import EngineFactory, RewardFactory, Services
 
 
 def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None,
@@ -29,21 +24,13 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = ProfileStore(settings.resolved_db_url())
-        keys = ApiKeyStore(store.engine)
-        services = Services(
-            settings=settings, store=store, metrics=Metrics(),
-            scorers=scorers or default_scorers(), engine_factory=engine_factory or build_engine,
-            reward_factory=reward_factory, keys=keys, verifier=KeyVerifier(keys), language=LanguageDetector(),
-            jobs=JobStore(store.engine, settings.max_jobs),
-            limiter=RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None,
-        )
-        app.state.services = services
-        services.start_loading()
+        runtime = Runtime(settings, engine_factory or build_engine, reward_factory, scorers)
+        app.state.runtime = runtime
+        runtime.start_loading()
         try:
             yield
         finally:
-            services.shutdown(drain_s)
+            runtime.shutdown(drain_s)
 
     app = FastAPI(
         title="alignserve",

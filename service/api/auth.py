@@ -10,28 +10,29 @@ from collections.abc import Callable
 
 from fastapi import Depends, Request
 
+from ..runtime import Runtime
 from ..store.api_keys import ApiKey
+from .deps import get_runtime
 from .errors import ApiError
-from .services import Services, get_services
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def require(scope: str) -> Callable[..., ApiKey | None]:
-    def check(request: Request, services: Services = Depends(get_services)) -> ApiKey | None:
-        if not services.settings.require_api_key:
+    def check(request: Request, rt: Runtime = Depends(get_runtime)) -> ApiKey | None:
+        if not rt.settings.require_api_key:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <key>)",
                            headers=_CHALLENGE)
-        key = services.verifier.verify(token.strip())
+        key = rt.verifier.verify(token.strip())
         if key is None:
             raise ApiError(401, "unauthorized", "invalid or revoked API key", headers=_CHALLENGE)
         if scope not in key.scopes and "admin" not in key.scopes:
             raise ApiError(403, "forbidden", f"this key lacks the '{scope}' scope")
-        if services.limiter is not None:
-            allowed, wait = services.limiter.allow(key.key_id)
+        if rt.limiter is not None:
+            allowed, wait = rt.limiter.allow(key.key_id)
             if not allowed:
                 raise ApiError(429, "rate_limited", "rate limit for this key exceeded",
                                headers={"Retry-After": str(max(1, int(wait + 0.999)))})

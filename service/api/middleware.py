@@ -68,11 +68,11 @@ class ObserveMiddleware:
     def _observe(self, scope: Scope, code: int, elapsed: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
         app: Any = scope.get("app")
-        services = getattr(getattr(app, "state", None), "services", None)
-        if services is None or route in _QUIET:
+        runtime = getattr(getattr(app, "state", None), "runtime", None)
+        if runtime is None or route in _QUIET:
             return
         profile = (scope.get("state") or {}).get("profile_label", "none")
-        services.metrics.requests.labels(route, str(code), profile).inc()
-        services.metrics.request_latency.labels(route).observe(elapsed)
+        runtime.metrics.requests.labels(route, str(code), profile).inc()
+        runtime.metrics.request_latency.labels(route).observe(elapsed)
         log.info("request", extra={"method": scope.get("method"), "route": route, "status": code,
                                    "duration_s": round(elapsed, 4), "profile": profile})

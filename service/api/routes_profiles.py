@@ -3,31 +3,26 @@ and ``/jobs``: the background compilation of profiles with Activation-RM example
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..domain.errors import Conflict, InvalidInput, NotFound, Overloaded, TooLarge
 from ..jobs.runner import COMPILE_KIND, examples_from_spec
-from ..reward.activation_rm import CompiledARM, longest_zero_shot_query
+from ..reward.activation_rm import longest_zero_shot_query
 from ..reward.judge import rubric_for
+from ..runtime import Runtime
 from ..store.jobs import JobQueueFull, JobRecord
 from ..store.profiles import ProfileConflict, ProfileRecord, parse_ref
 from .auth import require
-from .errors import ApiError
+from .deps import get_runtime
 from .schemas import CompiledInfo, ErrorResponse, JobOut, ProfileCreate, ProfileOut, ProfileSpec
-from .services import Services, get_services, ready_worker
 
 router = APIRouter(tags=["profiles"], responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 
 
-def _compiled(rec: ProfileRecord) -> CompiledARM | None:
-    return CompiledARM.from_bytes(rec.tensors) if rec.tensors else None
-
-
-def to_out(rec: ProfileRecord) -> ProfileOut:
-    compiled = _compiled(rec)
+def to_out(rt: Runtime, rec: ProfileRecord) -> ProfileOut:
+    compiled = rt.profiles.compiled(rec)
     info = None
     if compiled is not None:
         i = compiled.info
@@ -49,57 +44,17 @@ def job_out(job: JobRecord) -> JobOut:
                   updated_at=job.updated_at)
 
 
-def lookup(services: Services, ref: str) -> ProfileRecord:
-    """The stored profile ``ref`` (``name`` or ``name@version``), or the matching 4xx."""
-    try:
-        rec = services.store.get(ref)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_profile_ref", str(exc)) from None
-    if rec is None:
-        raise ApiError(404, "profile_not_found", f"no profile {ref!r}")
-    return rec
-
-
-@dataclass(frozen=True)
-class ResolvedProfile:
-    spec: ProfileSpec | None = None
-    label: str | None = None  # 'name@version', 'inline' or None
-    compiled: CompiledARM | None = None
-
-
-def resolve_profile(services: Services, request: Request, profile: str | ProfileSpec | None) -> ResolvedProfile:
-    """A request's profile: its spec, its label for reports and metrics, its compiled tensors."""
-    if profile is None:
-        return ResolvedProfile()
-    if isinstance(profile, ProfileSpec):
-        if profile.activation_rm is not None:
-            raise ApiError(422, "invalid_request", "inline profiles cannot carry activation_rm examples: "
-                           "POST /profiles compiles them, then refer to the profile by name")
-        request.state.profile_label = "inline"
-        return ResolvedProfile(profile, "inline")
-    rec = lookup(services, profile)
-    request.state.profile_label = rec.name
-    compiled = _compiled(rec)
-    if compiled is not None and services.engine is not None:
-        try:
-            compiled.check_engine(services.engine)
-        except ValueError as exc:
-            raise ApiError(409, "profile_incompatible", str(exc)) from None
-    return ResolvedProfile(ProfileSpec.model_validate(rec.spec), rec.ref, compiled)
-
-
-def _check_example_lengths(services: Services, spec: ProfileSpec) -> None:
+def _check_example_lengths(rt: Runtime, spec: ProfileSpec) -> None:
     """Every example must fit the model as a zero-shot judge query (4xx before any work)."""
     assert spec.activation_rm is not None
-    _, engine = ready_worker(services)
+    engine = rt.require_model().engine
     rubric = rubric_for(spec.principle, spec.rubric)
     examples = examples_from_spec(spec.activation_rm.model_dump())
     longest = longest_zero_shot_query(examples, rubric, spec.activation_rm.format)
     size = engine.prompt_size(longest, None).plain
     if size + 1 >= engine.max_model_len:
-        raise ApiError(413, "example_too_long",
-                       f"the longest example is about {size} tokens as a judge query; the model takes "
-                       f"{engine.max_model_len}")
+        raise TooLarge("example_too_long", f"the longest example is about {size} tokens as a judge query; "
+                       f"the model takes {engine.max_model_len}")
 
 
 @router.post("/profiles", status_code=201, response_model=ProfileOut, dependencies=[Depends(require("admin"))],
@@ -107,82 +62,82 @@ def _check_example_lengths(services: Services, spec: ProfileSpec) -> None:
                                                                "queued; poll /jobs/{id}"},
                         409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
                         429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-def create_profile(body: ProfileCreate, services: Services = Depends(get_services)) -> ProfileOut | JSONResponse:
+def create_profile(body: ProfileCreate, rt: Runtime = Depends(get_runtime)) -> ProfileOut | JSONResponse:
     spec = ProfileSpec.model_validate(body.model_dump(exclude={"name"}))
     if spec.activation_rm is not None:
-        _check_example_lengths(services, spec)
+        _check_example_lengths(rt, spec)
         try:
-            job = services.jobs.create(COMPILE_KIND, body.name, spec.model_dump(mode="json"))
+            job = rt.jobs.create(COMPILE_KIND, body.name, spec.model_dump(mode="json"))
         except JobQueueFull as exc:
-            raise ApiError(429, "too_many_jobs", f"{exc}; retry later", headers={"Retry-After": "30"}) from None
-        if services.runner is not None:
-            services.runner.wake()
+            raise Overloaded("too_many_jobs", f"{exc}; retry later", retry_after=30) from None
+        if rt.runner is not None:
+            rt.runner.wake()
         return JSONResponse(job_out(job).model_dump(mode="json"), status_code=202,
                             headers={"Location": f"/jobs/{job.id}"})
     try:
-        rec = services.store.create(body.name, spec.model_dump(mode="json"))
+        rec = rt.store.create(body.name, spec.model_dump(mode="json"))
     except ProfileConflict as exc:
-        raise ApiError(409, "profile_conflict", str(exc)) from None
-    return to_out(rec)
+        raise Conflict("profile_conflict", str(exc)) from None
+    return to_out(rt, rec)
 
 
 @router.get("/profiles", response_model=list[ProfileOut], dependencies=[Depends(require("read"))])
-def list_profiles(services: Services = Depends(get_services)) -> list[ProfileOut]:
-    return [to_out(r) for r in services.store.list_latest()]
+def list_profiles(rt: Runtime = Depends(get_runtime)) -> list[ProfileOut]:
+    return [to_out(rt, r) for r in rt.store.list_latest()]
 
 
 @router.get("/profiles/{ref}", response_model=ProfileOut, dependencies=[Depends(require("read"))])
-def get_profile(ref: str, services: Services = Depends(get_services)) -> ProfileOut:
-    return to_out(lookup(services, ref))
+def get_profile(ref: str, rt: Runtime = Depends(get_runtime)) -> ProfileOut:
+    return to_out(rt, rt.profiles.lookup(ref))
 
 
 @router.get("/profiles/{name}/versions", response_model=list[ProfileOut],
             dependencies=[Depends(require("read"))])
-def list_versions(name: str, services: Services = Depends(get_services)) -> list[ProfileOut]:
+def list_versions(name: str, rt: Runtime = Depends(get_runtime)) -> list[ProfileOut]:
     try:
-        recs = services.store.versions(name)
+        recs = rt.store.versions(name)
     except ValueError as exc:
-        raise ApiError(422, "invalid_profile_ref", str(exc)) from None
+        raise InvalidInput("invalid_profile_ref", str(exc)) from None
     if not recs:
-        raise ApiError(404, "profile_not_found", f"no profile {name!r}")
-    return [to_out(r) for r in recs]
+        raise NotFound("profile_not_found", f"no profile {name!r}")
+    return [to_out(rt, r) for r in recs]
 
 
 @router.delete("/profiles/{name}", status_code=204, dependencies=[Depends(require("admin"))])
-def delete_profile(name: str, services: Services = Depends(get_services)) -> Response:
+def delete_profile(name: str, rt: Runtime = Depends(get_runtime)) -> Response:
     try:
         parse_ref(name)
         if "@" in name:
             raise ValueError("delete takes a profile name; all of its versions are removed")
-        n = services.store.delete(name)
+        n = rt.store.delete(name)
     except ValueError as exc:
-        raise ApiError(422, "invalid_profile_ref", str(exc)) from None
+        raise InvalidInput("invalid_profile_ref", str(exc)) from None
     if n == 0:
-        raise ApiError(404, "profile_not_found", f"no profile {name!r}")
+        raise NotFound("profile_not_found", f"no profile {name!r}")
     return Response(status_code=204)
 
 
-def _job(services: Services, job_id: str) -> JobRecord:
-    job = services.jobs.get(job_id)
+def _job(rt: Runtime, job_id: str) -> JobRecord:
+    job = rt.jobs.get(job_id)
     if job is None:
-        raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+        raise NotFound("job_not_found", f"no job {job_id!r}")
     return job
 
 
 @router.get("/jobs", response_model=list[JobOut], tags=["jobs"], dependencies=[Depends(require("read"))])
-async def list_jobs(services: Services = Depends(get_services)) -> list[JobOut]:
-    return [job_out(j) for j in await run_in_threadpool(services.jobs.recent)]
+async def list_jobs(rt: Runtime = Depends(get_runtime)) -> list[JobOut]:
+    return [job_out(j) for j in await run_in_threadpool(rt.jobs.recent)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], dependencies=[Depends(require("read"))])
-async def get_job(job_id: str, services: Services = Depends(get_services)) -> JobOut:
-    return job_out(await run_in_threadpool(_job, services, job_id))
+async def get_job(job_id: str, rt: Runtime = Depends(get_runtime)) -> JobOut:
+    return job_out(await run_in_threadpool(_job, rt, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], dependencies=[Depends(require("admin"))])
-async def cancel_job(job_id: str, services: Services = Depends(get_services)) -> JobOut:
+async def cancel_job(job_id: str, rt: Runtime = Depends(get_runtime)) -> JobOut:
     """Cancel a queued job at once, or a running one at its next step (poll until 'cancelled')."""
-    await run_in_threadpool(_job, services, job_id)
-    job = await run_in_threadpool(services.jobs.request_cancel, job_id)
+    await run_in_threadpool(_job, rt, job_id)
+    job = await run_in_threadpool(rt.jobs.request_cancel, job_id)
     assert job is not None
     return job_out(job)

@@ -20,6 +20,15 @@ Message = dict[str, str]
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
+class RequestRejected(ValueError):
+    """An engine refuses a request it cannot serve as asked (not a fault of the engine): the
+    application reports it as a 4xx with ``code`` instead of a 500."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class TokenEvent:
     request_id: str

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from ..engines.base import Message
+from ..engines.chat import encode_chat
 from ..scheduling.worker import Overloaded
 
 DEFAULT_TOKENS_PER_BATCH = 8192
@@ -93,9 +94,7 @@ class _Tokenized:
     tokenizer: Any
 
     def encode(self, conversation: list[Message]) -> list[int]:
-        out: Any = self.tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=False)
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        return [int(i) for i in ids]
+        return encode_chat(self.tokenizer, conversation, generation_prompt=False)
 
     def count_tokens(self, conversation: list[Message]) -> int:
         return len(self.encode(conversation))

@@ -69,7 +69,8 @@ class ProfileRecord:
     version: int
     created_at: float
     spec: dict[str, Any]
-    tensors: bytes | None
+    tensors: bytes | None  # None also when read with ``get_meta`` (see ``has_tensors``)
+    has_tensors: bool = False
 
     @property
     def ref(self) -> str:
@@ -120,7 +121,8 @@ class ProfileStore:
 
     @staticmethod
     def _record(row: Any) -> ProfileRecord:
-        return ProfileRecord(row.name, row.version, row.created_at, json.loads(row.spec), row.tensors)
+        return ProfileRecord(row.name, row.version, row.created_at, json.loads(row.spec), row.tensors,
+                             row.tensors is not None)
 
     def create(self, name: str, spec: dict[str, Any], tensors: bytes | None = None) -> ProfileRecord:
         parse_ref(name)
@@ -137,7 +139,7 @@ class ProfileStore:
                     now = time.time()
                     conn.execute(insert(profiles).values(
                         name=name, version=version, created_at=now, spec=body, tensors=tensors))
-                return ProfileRecord(name, version, now, json.loads(body), tensors)
+                return ProfileRecord(name, version, now, json.loads(body), tensors, tensors is not None)
             except IntegrityError:
                 time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise ProfileConflict(f"could not allocate a version for {name!r}: too many concurrent writers")
@@ -149,6 +151,26 @@ class ProfileStore:
         with self.engine.connect() as conn:
             row = conn.execute(q.limit(1)).first()
         return self._record(row) if row else None
+
+    def get_meta(self, ref: str) -> ProfileRecord | None:
+        """Like ``get`` without reading the tensors blob (``has_tensors`` says whether there is one):
+        the per-request read, whose compiled tensors come from the resolver's cache."""
+        name, version = parse_ref(ref)
+        cols = [profiles.c.name, profiles.c.version, profiles.c.created_at, profiles.c.spec,
+                profiles.c.tensors.isnot(None).label("has_tensors")]
+        q = select(*cols).where(profiles.c.name == name)
+        q = q.where(profiles.c.version == version) if version else q.order_by(profiles.c.version.desc())
+        with self.engine.connect() as conn:
+            row = conn.execute(q.limit(1)).first()
+        if row is None:
+            return None
+        return ProfileRecord(row.name, row.version, row.created_at, json.loads(row.spec), None, bool(row.has_tensors))
+
+    def tensors(self, name: str, version: int) -> bytes | None:
+        q = select(profiles.c.tensors).where(profiles.c.name == name, profiles.c.version == version)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return row.tensors if row else None
 
     def versions(self, name: str) -> list[ProfileRecord]:
         parse_ref(name)

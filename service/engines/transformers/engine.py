@@ -8,6 +8,7 @@ Finished requests are dropped from the cache so the batch shrinks as it goes.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from ..base import (
     TokenEvent,
     readout_sequences,
 )
-from ..chat import with_principle, with_system
+from ..chat import ChatPrompts
 from ..labels import LabelTokens
 from .hooks import HeadCapture, SteeringHooks
 
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "float64": torch.float64}
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward's KV-cache argument: ``cache`` from transformers 5.2x (``past_key_values`` is
+    deprecated there and removed in 5.40), ``past_key_values`` before."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def pick_device(device: str) -> torch.device:
@@ -86,9 +94,11 @@ class TransformersEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{model_path} has no chat template; alignserve needs one")
+        self.prompts = ChatPrompts(self.tokenizer, default_system)
         model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
         self.model: Any = model.to(self.device)
         self.model.eval()
+        self._cache_kw = cache_keyword(self.model)
         cfg = self.model.config
         self.num_layers = int(cfg.num_hidden_layers)
         self.num_heads = int(cfg.num_attention_heads)
@@ -107,26 +117,14 @@ class TransformersEngine:
 
     # ---- prompts -------------------------------------------------------------------------
     def encode_chat(self, messages: list[Message]) -> list[int]:
-        out: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        return [int(i) for i in ids]
+        return self.prompts.encode(messages)
 
     def _streams(self, req: GenerationRequest) -> tuple[list[int], list[int] | None]:
-        plain = self.encode_chat(with_system(req.messages, self.default_system))
         la = req.alignment.la
-        principle = (
-            self.encode_chat(with_principle(req.messages, la.principle, self.default_system, la.placement))
-            if la else None
-        )
-        return plain, principle
+        return self.prompts.streams(req.messages, la.principle if la else None, la.placement if la else "system")
 
     def prompt_size(self, messages: list[Message], principle: str | None, placement: str = "system") -> PromptSize:
-        plain = len(self.encode_chat(with_system(messages, self.default_system)))
-        with_p = (
-            len(self.encode_chat(with_principle(messages, principle, self.default_system, placement)))
-            if principle else None
-        )
-        return PromptSize(plain, with_p)
+        return self.prompts.size(messages, principle, placement)
 
     # ---- batched forward helpers ---------------------------------------------------------
     def _left_pad(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,9 +138,10 @@ class TransformersEngine:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None,
                  positions: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True)
-        return out.logits[:, -1, :].float(), out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self._cache_kw: cache})
+        new_cache = out.cache if self._cache_kw == "cache" else out.past_key_values
+        return out.logits[:, -1, :].float(), new_cache
 
     # ---- generation ----------------------------------------------------------------------
     @torch.inference_mode()

@@ -37,10 +37,11 @@ from ..base import (
     GenerationResult,
     Message,
     PromptSize,
+    RequestRejected,
     TokenEvent,
     readout_sequences,
 )
-from ..chat import with_principle, with_system
+from ..chat import ChatPrompts
 from ..labels import LabelTokens, first_of_two
 from .capture import unpack
 from .pairing import EXTRA_KEY
@@ -112,6 +113,7 @@ class VLLMEngine:
         self.model_name = model_path
         self.default_system = default_system
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.prompts = ChatPrompts(self.tokenizer, default_system)
         cfg = AutoConfig.from_pretrained(model_path)
         self.num_layers = int(cfg.num_hidden_layers)
         self.num_heads = int(cfg.num_attention_heads)
@@ -145,18 +147,17 @@ class VLLMEngine:
 
     # ---- prompts -------------------------------------------------------------------------
     def encode_chat(self, messages: list[Message]) -> list[int]:
-        out: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        return [int(i) for i in ids]
+        return self.prompts.encode(messages)
 
     def prompt_size(self, messages: list[Message], principle: str | None, placement: str = "system") -> PromptSize:
-        plain = len(self.encode_chat(with_system(messages, self.default_system)))
-        with_p = (len(self.encode_chat(with_principle(messages, principle, self.default_system, placement)))
-                  if principle else None)
-        return PromptSize(plain, with_p)
+        return self.prompts.size(messages, principle, placement)
 
     # ---- generation ----------------------------------------------------------------------
     def _params(self, req: GenerationRequest, max_tokens: int, tag: dict[str, Any] | None) -> Any:
+        """vLLM sampling params of one stream. The shown stream (plain request, or an LA pair's
+        principle stream) returns only what is new each step (``DELTA``: no re-sent prefixes). An LA
+        pair's plain stream is never shown: no detokenisation, no stop-string checks, no per-step
+        output (``FINAL_ONLY``); it ends when the shown stream does (aborted) or at max_tokens."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -166,14 +167,18 @@ class VLLMEngine:
             extra[EXTRA_KEY] = dict(tag or {})
             if req.alignment.steering:
                 if not self.steerable:
-                    raise ValueError(f"steering needs a steerable architecture ({', '.join(STEERABLE_ARCHS)})")
+                    raise RequestRejected("steering_unsupported",
+                                          f"steering needs a steerable architecture ({', '.join(STEERABLE_ARCHS)})")
                 extra[EXTRA_KEY]["steer"] = vectors_to_args(req.alignment.steering)
         paired = tag is not None
+        hidden = paired and tag is not None and tag.get("role") == "plain"
         return SamplingParams(
             max_tokens=max_tokens, temperature=0.0 if paired or sp.greedy else sp.temperature,
             top_p=1.0 if paired else sp.top_p, top_k=0 if paired or sp.top_k <= 0 else sp.top_k,
-            seed=None if paired else sp.seed, stop=list(sp.stop) or None, ignore_eos=sp.ignore_eos,
-            output_kind=RequestOutputKind.CUMULATIVE, extra_args=extra or None)
+            seed=None if paired else sp.seed, stop=None if hidden else (list(sp.stop) or None),
+            ignore_eos=sp.ignore_eos, detokenize=not hidden,
+            output_kind=RequestOutputKind.FINAL_ONLY if hidden else RequestOutputKind.DELTA,
+            extra_args=extra or None)
 
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
         """One request (two vLLM sequences for LA) from submission to its last token."""
@@ -216,16 +221,16 @@ class VLLMEngine:
 
     async def _agenerate(self, req: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
-        plain = self.encode_chat(with_system(req.messages, self.default_system))
         la = req.alignment.la
         if la is not None and not (self.settings.glue and self.settings.pairing):
-            raise ValueError("this vLLM engine was started without Linear-Alignment pairing")
-        principle = (self.encode_chat(with_principle(req.messages, la.principle, self.default_system, la.placement))
-                     if la else None)
+            raise RequestRejected("la_unsupported", "this vLLM engine was started without Linear-Alignment pairing")
+        plain, principle = self.prompts.streams(req.messages, la.principle if la else None,
+                                                la.placement if la else "system")
         longest = max(len(plain), len(principle or []))
         max_tokens = min(req.sampling.max_tokens, self.max_model_len - longest)
         if max_tokens < 1:
-            raise ValueError(f"prompt of {longest} tokens leaves no room under max_model_len {self.max_model_len}")
+            raise RequestRejected("prompt_too_long",
+                                  f"prompt of {longest} tokens leaves no room under max_model_len {self.max_model_len}")
         rid = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
         streams: list[tuple[str, list[int], Any]] = []
         if la is None:
@@ -246,15 +251,15 @@ class VLLMEngine:
         async def consume(sid: str, prompt: list[int], params: Any, lead: bool) -> None:
             async for out in self.llm.generate(self._prompt(prompt, req.alignment.steering), params, sid):
                 o = out.outputs[0]
-                if not lead:
+                if not lead:  # FINAL_ONLY: the whole output, once, if it ends by itself
                     state["mate_tokens"] = list(o.token_ids)
                     continue
-                new = list(o.token_ids)[len(state["tokens"]):]
+                new = list(o.token_ids)  # DELTA: only this step's tokens and text
                 if new and not state["tokens"]:
                     state["first"] = time.perf_counter() - started
-                delta = o.text[len(state["text"]):]
+                delta = o.text
                 state["tokens"].extend(new)
-                state["text"] = o.text
+                state["text"] += delta
                 if req.on_token is not None:
                     for j, tok in enumerate(new):
                         req.on_token(TokenEvent(req.request_id, tok, delta if j == len(new) - 1 else "",
@@ -348,16 +353,16 @@ class VLLMEngine:
         """``[n, layers, heads, head_dim]`` at each conversation's last token (after its completion,
         if given), read inside the worker by ``capture`` between engine steps."""
         if not self.steerable:
-            raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
-                             f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+            raise RequestRejected("steering_unsupported", "compiling Activation-RM profiles on vLLM needs the "
+                                  f"steerable architecture ({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
         seqs = readout_sequences(self.encode_chat, self.tokenizer, conversations, completions)
         packed = self.call(self.llm.collective_rpc("alignserve_capture_heads", args=(seqs,)))[0]
         return unpack(packed).view(len(seqs), self.num_layers, self.num_heads, self.head_dim)
 
     def open_readout(self, conversations: Sequence[list[Message]]) -> _VLLMReadout:
         if not self.steerable:
-            raise ValueError("compiling Activation-RM profiles on vLLM needs the steerable architecture "
-                             f"({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
+            raise RequestRejected("steering_unsupported", "compiling Activation-RM profiles on vLLM needs the "
+                                  f"steerable architecture ({', '.join(STEERABLE_ARCHS)}) with alignserve's glue")
         return _VLLMReadout(self, [self.encode_chat(c) for c in conversations])
 
     def close(self) -> None:

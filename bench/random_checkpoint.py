@@ -1,0 +1,80 @@
+"""Random-weight Qwen2 checkpoints at real shapes, for throughput benchmarks on the GPU host.
+
+Throughput does not depend on weight values, so a 7B-shaped model need not be carried to an
+offline GPU host (15 GB): it is built there, with transformers' own ``Qwen2Config``, and saved as
+an HF folder with the embedded model's tokenizer. The output head is scaled so next-token
+distributions are peaked like a trained model's: with near-uniform logits Linear Alignment's
+plausibility nucleus would cover thousands of tokens and take its slow path, misstating its cost.
+
+Usage (GPU host): python -m bench.random_checkpoint --shape 7b --tokenizer <folder> --out /tmp/rand-7b
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Qwen2.5 shapes (hidden, layers, heads, kv heads, intermediate); "tiny" is for tests.
+SHAPES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128),
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 intermediate_size=4864),
+    "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+               intermediate_size=18944),
+}
+
+
+def peak_ratio(logits: torch.Tensor) -> float:
+    """Mean probability of the most likely token: ~1/vocab for a uniform head, near 1 when peaked."""
+    return float(torch.softmax(logits.float(), dim=-1).max(dim=-1).values.mean())
+
+
+def build(shape: str, tokenizer_dir: Path, out: Path, head_scale: float = 12.0, dtype: str = "bfloat16",
+          device: str = "cuda" if torch.cuda.is_available() else "cpu", seed: int = 0) -> dict[str, Any]:
+    """Write a random Qwen2 of ``shape`` to ``out`` (HF folder + the tokenizer); report its peakiness."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    vocab = max(len(tok), 64)
+    cfg = Qwen2Config(vocab_size=vocab, max_position_embeddings=32768, tie_word_embeddings=False,
+                      rms_norm_eps=1e-6, rope_theta=1_000_000.0, torch_dtype=dtype,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **SHAPES[shape])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(cfg).to(getattr(torch, dtype))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+        ids = torch.tensor([tok.encode("Why is the sky blue? Answer briefly.")], device=device)
+        peak = peak_ratio(model(input_ids=ids).logits[0])
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))  # tokenizer files and the chat template
+    if (tokenizer_dir / "generation_config.json").exists():  # EOS ids as the real model has them
+        shutil.copy(tokenizer_dir / "generation_config.json", out / "generation_config.json")
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    return {"shape": shape, "params": params, "vocab": vocab, "head_scale": head_scale, "dtype": dtype,
+            "mean_top1_probability": round(peak, 4), "build_s": round(time.perf_counter() - t0, 1), "path": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="0.5b")
+    ap.add_argument("--tokenizer", type=Path, required=True, help="folder with the embedded model's tokenizer files")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--head-scale", type=float, default=12.0, help="output-head multiplier (peakier when larger)")
+    ap.add_argument("--dtype", default="bfloat16")
+    args = ap.parse_args(argv)
+    print(build(args.shape, args.tokenizer, args.out, args.head_scale, args.dtype), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

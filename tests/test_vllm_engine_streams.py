@@ -1,0 +1,115 @@
+"""The vLLM engine's generation streams, on CPU against a stand-in for ``AsyncLLM``.
+
+What the engine asks vLLM for matters for speed (#18): the shown stream takes DELTA outputs (no
+re-sent prefixes every step); an LA pair's plain stream is never shown, so it is not detokenised,
+has no stop strings and reports only its final output. And what comes back must add up to the
+same text and tokens as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import sys
+import threading
+import types
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.alignment.linear_alignment import LinearAlignmentConfig
+from service.alignment.sampling import SamplingParams
+from service.alignment.spec import AlignmentSpec
+from service.engines.base import GenerationRequest, TokenEvent
+from service.engines.chat import ChatPrompts
+from service.engines.vllm.engine import VLLMEngine, VLLMSettings
+
+
+class Kind(enum.Enum):
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
+
+
+class FakeLLM:
+    """Emits ``tokens`` one per step as DELTA outputs (text = the token id in brackets)."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = tokens
+        self.params: dict[str, Any] = {}
+        self.aborted: list[str] = []
+
+    async def generate(self, prompt: dict[str, Any], sp: Any, request_id: str) -> AsyncIterator[Any]:
+        self.params[request_id] = sp
+        for i, tok in enumerate(self.tokens[: sp.max_tokens]):
+            await asyncio.sleep(0.001)
+            last = i == min(len(self.tokens), sp.max_tokens) - 1
+            if sp.output_kind is Kind.FINAL_ONLY and not last:
+                continue
+            ids = self.tokens[: i + 1] if sp.output_kind is Kind.FINAL_ONLY else [tok]
+            text = "" if not sp.detokenize else f"[{tok}]"
+            yield types.SimpleNamespace(outputs=[types.SimpleNamespace(
+                token_ids=ids, text=text, finish_reason="length" if last else None)])
+
+    async def abort(self, ids: list[str]) -> None:
+        self.aborted.extend(ids)
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Iterator[VLLMEngine]:
+    from transformers import AutoTokenizer
+
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)  # type: ignore[attr-defined]
+    sampling = types.ModuleType("vllm.sampling_params")
+    sampling.RequestOutputKind = Kind  # type: ignore[attr-defined]
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = dict  # type: ignore[attr-defined]
+    for name, mod in (("vllm", fake), ("vllm.sampling_params", sampling), ("vllm.inputs", inputs)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    eng = VLLMEngine.__new__(VLLMEngine)
+    eng.settings = VLLMSettings()
+    eng.steer_capacity, eng._steer_users, eng._steer_cond = 2, {}, None
+    eng.steerable = True
+    eng.max_model_len = 256
+    eng.cancel_poll_s = 0.01
+    eng.tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    eng.prompts = ChatPrompts(eng.tokenizer, "sys")
+    eng.llm = FakeLLM([11, 12, 13, 14])
+    eng.loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=eng.loop.run_forever, daemon=True)
+    thread.start()
+    yield eng
+    eng.loop.call_soon_threadsafe(eng.loop.stop)
+    thread.join(5)
+
+
+def _request(la: bool, stop: tuple[str, ...] = ()) -> GenerationRequest:
+    align = AlignmentSpec(la=LinearAlignmentConfig(principle="Be brief.")) if la else AlignmentSpec()
+    return GenerationRequest("r1", [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=4, stop=stop),
+                             align)
+
+
+def test_plain_request_reads_delta_outputs(engine: VLLMEngine) -> None:
+    seen: list[TokenEvent] = []
+    req = _request(la=False, stop=("x",))
+    req.on_token = seen.append
+    res = engine.submit(req).result(10)
+    assert res.token_ids == [11, 12, 13, 14] and res.text == "[11][12][13][14]"
+    assert [e.text for e in seen] == ["[11]", "[12]", "[13]", "[14]"] and [e.index for e in seen] == [0, 1, 2, 3]
+    (sp,) = engine.llm.params.values()
+    assert sp.output_kind is Kind.DELTA and sp.detokenize and sp.stop == ["x"]
+
+
+def test_la_plain_stream_is_hidden(engine: VLLMEngine) -> None:
+    res = engine.submit(_request(la=True, stop=("x",))).result(10)
+    assert res.token_ids == [11, 12, 13, 14] and res.text == "[11][12][13][14]"
+    params = engine.llm.params
+    lead = next(sp for rid, sp in params.items() if rid.endswith("-p"))
+    plain = next(sp for rid, sp in params.items() if rid.endswith("-b"))
+    assert lead.output_kind is Kind.DELTA and lead.detokenize and lead.stop == ["x"]
+    assert plain.output_kind is Kind.FINAL_ONLY and not plain.detokenize and plain.stop is None
+    assert lead.max_tokens == plain.max_tokens == 4
+    assert sorted(engine.llm.aborted) == sorted(params)  # both streams released at the end
