@@ -16,12 +16,17 @@ order-averaged win probability P(X ≻ Y) > 0.5 for ranked; 95% bootstrap interv
 the ranked scorers the accuracy read from one order only (better response always shown as A, or
 always as B) shows what the averaging removes.
 
-    python -m bench.arm_formats --device cpu        # reduced settings for CPU: 20 REINFORCE steps, 2 shots, 8 heads
+    python -m bench.arm_formats --device cpu --tasks french            # CPU defaults: 20 REINFORCE steps,
+    python -m bench.arm_formats --device cpu --tasks preference_hack   # 2 shots per context, <= 8 heads
+    python -m bench.arm_formats --backend vllm --iterations 100 --shots-per-context 4 --num-heads 16  # GPU
+
+Each task run adds its table (with its command) to ``bench/results/arm_formats_<device>.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import platform
 import random
@@ -146,14 +151,16 @@ def run_task(engine: Engine, name: str, rubric: str, examples: list[LabelledExam
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Activation RMs: scalar vs ranked judge format ({result['device']})", "",
-             f"Command: `{result['command']}` · model `{result['model']}` · {result['iterations']} REINFORCE "
-             f"iterations, {result['shots_per_context']} shots per context, ≤ {result['num_heads']} heads · "
-             "pair accuracy = share of pairs where the better response scores higher (0.5 = chance), "
-             "95% bootstrap interval; ranked = both orders averaged, with each single order's accuracy "
-             "(better response always as A / always as B) beside it.", ""]
+             f"Model `{result['model']}` ({result['dtype']}, {result['backend']} engine) · pair accuracy = share of "
+             "pairs where the better response scores higher (0.5 = chance), 95% bootstrap interval over pairs; "
+             "ranked = both orders averaged, with each single order's accuracy (better response always shown as "
+             "A / always as B) beside it. Each task was run by the command under its heading.", ""]
     for task, t in result["tasks"].items():
         splits = [s for s in next(iter(t["rows"].values())) if s != "probes (mean)"]
         lines += [f"## {task} ({t['train_examples']} labelled examples, rubric \"{t['rubric']}\")", "",
+                  f"Command: `{t['command']}` · {t['iterations']} REINFORCE iterations, {t['shots_per_context']} "
+                  f"shots per context, ≤ {t['num_heads']} heads, seed {t['seed']} · {t['wall_s']:.0f} s wall, "
+                  f"{t['cpu_s']:.0f} s CPU", "",
                   "| scorer | " + " | ".join(splits) + (" | probes (mean)" if len(splits) > 1 else "")
                   + " | heads | in-sample pair acc. |",
                   "|---|" + "---|" * (len(splits) + (1 if len(splits) > 1 else 0) + 2)]
@@ -209,29 +216,41 @@ def main(argv: list[str] | None = None) -> None:
         on_gpu, dtype_label = engine.device.type == "cuda", str(engine.dtype)
     cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     device = torch.cuda.get_device_name(0) if on_gpu else cpu
-    started = time.perf_counter()
-    tasks = {}
-    if "french" in args.tasks:
-        tasks["French profile"] = run_task(engine, "french", *french_task(), args, model)
-    if "preference_hack" in args.tasks:
-        tasks["PreferenceHack-style probes"] = run_task(
-            engine, "preference_hack", *hack_task(args.hack_train_items, args.hack_test_items, args.seed), args, model)
-    command = "python -m bench.arm_formats " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
-                                                                                  else argv))
-    model_label = Path(model).parent.name if Path(model).name == "hf" else model
-    engine.close()
-    result = {"device": device, "command": command.strip(), "model": model_label, "dtype": dtype_label,
-              "backend": args.backend,
-              "iterations": args.iterations, "shots_per_context": args.shots_per_context,
-              "num_heads": args.num_heads, "seed": args.seed, "wall_s": round(time.perf_counter() - started, 1),
-              "tasks": tasks}
+    command = ("python -m bench.arm_formats " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
+                                                                                   else argv))).strip()
+    settings = {"command": command, "iterations": args.iterations, "shots_per_context": args.shots_per_context,
+                "num_heads": args.num_heads, "seed": args.seed}
     tag = ("h100" if "H100" in device else "h200" if "H200" in device else "gpu" if on_gpu else "cpu") + \
         ("_vllm" if args.backend == "vllm" else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"arm_formats_{tag}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    md = markdown(result)
-    (args.out / f"arm_formats_{tag}.md").write_text(md + "\n")
-    print(md)
+    model_label = Path(model).parent.name if Path(model).name == "hf" else model
+    head = {"device": device, "model": model_label, "dtype": dtype_label, "backend": args.backend}
+    runs = {"french": ("French profile", french_task),
+            "preference_hack": ("PreferenceHack-style probes",
+                                lambda: hack_task(args.hack_train_items, args.hack_test_items, args.seed))}
+    for key in args.tasks:
+        title, task = runs[key]
+        wall, cpu_t = time.perf_counter(), time.process_time()
+        out = run_task(engine, key, *task(), args, model)
+        out.update(settings, wall_s=round(time.perf_counter() - wall, 1), cpu_s=round(time.process_time() - cpu_t, 1))
+        print(write_task(args.out / f"arm_formats_{tag}", head, title, out))
+    engine.close()
+
+
+def write_task(stem: Path, head: dict[str, Any], title: str, task: dict[str, Any]) -> str:
+    """Add (or replace) one task in ``stem``.json and rewrite ``stem``.md; tasks run by separate
+    commands (each recorded with its task) share one file. Returns the markdown."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(stem.with_name(stem.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two task runs may finish at once
+        path = stem.with_name(stem.name + ".json")
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        tasks = old.get("tasks", {}) if all(old.get(k) == v for k, v in head.items()) else {}
+        result = {**head, "tasks": {**tasks, title: task}}
+        path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        md = markdown(result)
+        stem.with_name(stem.name + ".md").write_text(md + "\n")
+    stem.with_name(stem.name + ".lock").unlink(missing_ok=True)
+    return md
 
 
 if __name__ == "__main__":
