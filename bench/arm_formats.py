@@ -28,17 +28,14 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import platform
 import random
 import shlex
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from bench.harness import Provenance, bootstrap_ci, device_label, read_results, write_results
 from bench.preference_hack import BIASES, RUBRIC, dressed, load_items, plain, train_examples
 from service.config import EMBEDDED_MODEL, default_home
 from service.engines.base import Engine, Message
@@ -51,14 +48,6 @@ from service.reward.ranked import AB, ranked_conversation, win_probability
 ROOT = Path(__file__).resolve().parents[1]
 FRENCH = ROOT / "bench" / "data" / "french_profile.json"
 Pair = tuple[str, str, str]  # (prompt, better, worse)
-
-
-def bootstrap_ci(values: Sequence[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95% interval of the mean of ``values`` (seeded resampling)."""
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(rng.choice(values) for _ in range(n)) / n for _ in range(rounds))
-    return means[round(0.025 * rounds)], means[round(0.975 * rounds) - 1]
 
 
 def french_task() -> tuple[str, list[LabelledExample], dict[str, list[Pair]]]:
@@ -214,16 +203,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         engine = TransformersEngine(model, device=args.device, dtype=args.dtype, max_model_len=2048)
         on_gpu, dtype_label = engine.device.type == "cuda", str(engine.dtype)
-    cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    device = torch.cuda.get_device_name(0) if on_gpu else cpu
+    device = device_label("cuda" if on_gpu else "cpu")
     command = ("python -m bench.arm_formats " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
                                                                                    else argv))).strip()
     settings = {"command": command, "iterations": args.iterations, "shots_per_context": args.shots_per_context,
                 "num_heads": args.num_heads, "seed": args.seed}
-    tag = ("h100" if "H100" in device else "h200" if "H200" in device else "gpu" if on_gpu else "cpu") + \
-        ("_vllm" if args.backend == "vllm" else "")
     model_label = Path(model).parent.name if Path(model).name == "hf" else model
-    head = {"device": device, "model": model_label, "dtype": dtype_label, "backend": args.backend}
+    head = {"model": model_label, "dtype": dtype_label, "backend": args.backend}
     runs = {"french": ("French profile", french_task),
             "preference_hack": ("PreferenceHack-style probes",
                                 lambda: hack_task(args.hack_train_items, args.hack_test_items, args.seed))}
@@ -232,23 +218,25 @@ def main(argv: list[str] | None = None) -> None:
         wall, cpu_t = time.perf_counter(), time.process_time()
         out = run_task(engine, key, *task(), args, model)
         out.update(settings, wall_s=round(time.perf_counter() - wall, 1), cpu_s=round(time.process_time() - cpu_t, 1))
-        print(write_task(args.out / f"arm_formats_{tag}", head, title, out))
+        name = "arm_formats" + ("_vllm" if args.backend == "vllm" else "")
+        print(write_task(args.out, name, head, title, out, Provenance.collect(device, command)))
     engine.close()
 
 
-def write_task(stem: Path, head: dict[str, Any], title: str, task: dict[str, Any]) -> str:
-    """Add (or replace) one task in ``stem``.json and rewrite ``stem``.md; tasks run by separate
-    commands (each recorded with its task) share one file. Returns the markdown."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
+def write_task(out_dir: Path, name: str, head: dict[str, Any], title: str, task: dict[str, Any],
+               prov: Provenance) -> str:
+    """Add (or replace) one task in ``<name>_<device>.json`` and rewrite the ``.md`` (the harness
+    writer); tasks run by separate commands share one file, each task keeping its own command.
+    Returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{name}_{prov.tag}"
     with open(stem.with_name(stem.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two task runs may finish at once
-        path = stem.with_name(stem.name + ".json")
-        old = json.loads(path.read_text()) if path.is_file() else {}
+        old = read_results(stem.with_name(stem.name + ".json"))
         tasks = old.get("tasks", {}) if all(old.get(k) == v for k, v in head.items()) else {}
-        result = {**head, "tasks": {**tasks, title: task}}
-        path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        md = markdown(result)
-        stem.with_name(stem.name + ".md").write_text(md + "\n")
+        payload = {**head, "tasks": {**tasks, title: task}}
+        md = markdown({**payload, "device": prov.device})
+        write_results(out_dir, name, payload, md, prov)
     stem.with_name(stem.name + ".lock").unlink(missing_ok=True)
     return md
 

@@ -7,30 +7,28 @@ control compiled with the labels flipped (English = good). On 40 held-out questi
 gap French − English, with bootstrap 95% intervals over questions, and (b) the share of generated
 answers detected as French (offline language ID) at several steering strengths, 0 = off.
 
-    python bench/arm_steering.py --device cpu     # ~30 min on 2 CPU cores
-    python bench/arm_steering.py --seeds 0 --objectives ranking --strengths 0 4   # quick look
+    python -m bench.arm_steering --device cpu     # ~30 min on 2 CPU cores
+    python -m bench.arm_steering --seeds 0 --objectives ranking --strengths 0 4   # quick look
+
+Writes bench/results/arm_steering_<device>.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import random
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from bench.harness import Provenance, add_engine_args, bootstrap_ci, device_label, transformers_engine, write_results
 from service.alignment.head_selection import yes_logit
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
-from service.config import EMBEDDED_MODEL, default_home
 from service.engines.base import GenerationRequest
-from service.engines.transformers.engine import TransformersEngine
 from service.language.fidelity import LanguageDetector
-from service.models.provision import resolve_model
 from service.reward.activation_rm import (
     OBJECTIVES,
     CompiledARM,
@@ -51,41 +49,35 @@ def load_profile() -> tuple[str, list[LabelledExample], list[list[str]]]:
     return d["rubric"], train, d["test"] + d.get("heldout", [])
 
 
-def bootstrap(values: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float]:
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(n))
-    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
-
-
 def summarise(p: torch.Tensor, n: int) -> dict[str, object]:
     """Pairs are (French i, English i): accuracy, logit gap and mean P(Yes) with intervals."""
     wins = [float(p[i] > p[n + i]) for i in range(n)]
     z = yes_logit(p)
     gaps = [float(z[i] - z[n + i]) for i in range(n)]
-    return {"accuracy": sum(wins) / n, "accuracy_ci": bootstrap(wins), "logit_gap": sum(gaps) / n,
-            "logit_gap_ci": bootstrap(gaps), "mean_p_yes_french": float(p[:n].mean()),
+    return {"accuracy": sum(wins) / n, "accuracy_ci": bootstrap_ci(wins), "logit_gap": sum(gaps) / n,
+            "logit_gap_ci": bootstrap_ci(gaps), "mean_p_yes_french": float(p[:n].mean()),
             "mean_p_yes_english": float(p[n:].mean())}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="HF model folder (default: the embedded 0.5B model)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--strengths", type=float, nargs="+", default=[0, 2, 4, 8, 12])
-    ap.add_argument("--num-heads", type=int, default=16)
-    ap.add_argument("--iterations", type=int, default=CompileSettings.iterations)
-    ap.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_engine_args(ap)
+    ap.add_argument("--strengths", type=float, nargs="+", default=[0, 2, 4, 8, 12],
+                    help="generation steering strengths in sigma, 0 = off (default %(default)s)")
+    ap.add_argument("--num-heads", type=int, default=16, help="heads per profile (default %(default)s)")
+    ap.add_argument("--iterations", type=int, default=CompileSettings.iterations,
+                    help="REINFORCE iterations of the head selection (default %(default)s)")
+    ap.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
+                    help="head-selection objectives, one profile per objective and seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="compile seeds (default %(default)s)")
     ap.add_argument("--no-flipped", action="store_true", help="skip the flipped-label control")
-    ap.add_argument("--max-tokens", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = ap.parse_args()
+    ap.add_argument("--max-tokens", type=int, default=40, help="tokens per generated answer (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
+    args = ap.parse_args(argv)
 
-    model = resolve_model(args.model or EMBEDDED_MODEL, default_home())
-    engine = TransformersEngine(model, device=args.device, dtype=args.dtype, max_model_len=2048)
-    cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    device = torch.cuda.get_device_name(0) if engine.device.type == "cuda" else cpu
+    engine = transformers_engine(args.model, device=args.device, dtype=args.dtype, max_model_len=2048)
+    model = engine.model_name
+    device = device_label(engine.device)
     rubric, train, test = load_profile()
     shape = (engine.num_layers, engine.num_heads, engine.head_dim, engine.max_model_len)
     flipped = [LabelledExample(e.prompt, e.response, not e.good) for e in train]
@@ -133,17 +125,15 @@ def main() -> None:
         print(f"strength {strength}: French {generation[-1]['french_share']:.2f} {langs} | {outs[0].text!r}",
               flush=True)
 
-    cmd = ("python bench/arm_steering.py " + " ".join(sys.argv[1:])).strip()
-    tag = "h100" if "H100" in device else engine.device.type
-    result = {"device": device, "command": cmd, "rubric": rubric, "train_examples": len(train), "test_pairs": n,
+    prov = Provenance.collect(device)
+    cmd = prov.command
+    result = {"rubric": rubric, "train_examples": len(train), "test_pairs": n,
               "iterations": args.iterations, "steer_heads": compiled.steering_heads,
               "profiles": {k: {"heads": c.heads, "info": c.info} for k, c in profiles.items()},
               "scoring": scoring, "generation": generation}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"arm_steering_{tag}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
-    def ci(v: object, fmt: str = ".2f") -> str:
-        lo, hi = v  # type: ignore[misc]
+    def ci(v: Any, fmt: str = ".2f") -> str:
+        lo, hi = v
         return f"[{lo:{fmt}}, {hi:{fmt}}]"
 
     lines = [f"# Activation-RM profile 'answers in French': scoring and steering ({device})", "",
@@ -152,8 +142,8 @@ def main() -> None:
              "| scorer | French > English | 95% CI | logit gap Fr − En | 95% CI | P(Yes) Fr | P(Yes) En | heads |"
              " in-sample pair acc. | compile s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for k, v in scoring.items():
-        lines.append(f"| {k} | {v['accuracy']:.2f} | {ci(v['accuracy_ci'])} | {v['logit_gap']:+.3f} | "
+    for scorer, v in scoring.items():
+        lines.append(f"| {scorer} | {v['accuracy']:.2f} | {ci(v['accuracy_ci'])} | {v['logit_gap']:+.3f} | "
                      f"{ci(v['logit_gap_ci'], '+.3f')} | "
                      f"{v['mean_p_yes_french']:.3f} | {v['mean_p_yes_english']:.3f} | {v.get('heads', '–')} | "
                      f"{v.get('train_pair_accuracy', float('nan')):.2f} | {v.get('compile_s', '–')} |")
@@ -162,7 +152,7 @@ def main() -> None:
     for g in generation:
         first = str(g["samples"][0]).replace("\n", " ").replace("|", "/")[:80]  # type: ignore[index]
         lines.append(f"| {g['strength']:g} | {g['french_share']:.2f} | {first} |")
-    (args.out / f"arm_steering_{tag}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "arm_steering", result, "\n".join(lines) + "\n", prov)
     print("\n".join(lines))
 
 

@@ -1,27 +1,29 @@
 """Decode throughput of the transformers engine: base vs Linear Alignment, batch 1 and batch 4.
 
-Usage:  python bench/cpu_decode.py [--model embedded:qwen2.5-coder-0.5b-instruct] [--max-tokens 48]
-Writes bench/results/cpu_decode_<device>.json and .md and prints the table.
+    python -m bench.cpu_decode [--model embedded:qwen2.5-coder-0.5b-instruct] [--max-tokens 48]
+
+Greedy decodes of four fixed prompts; for each batch size the table gives tokens/s of each variant
+and its ratio to the base model. Writes bench/results/cpu_decode_<device>.json and .md and prints
+the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench.harness import Provenance, device_label, transformers_engine, write_results
 from service.alignment.linear_alignment import LinearAlignmentConfig
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
 from service.config import EMBEDDED_MODEL, Settings
 from service.engines.base import GenerationRequest
 from service.engines.transformers.engine import TransformersEngine
-from service.models.provision import resolve_model
 
 PROMPTS = [
     "Write a short story about a dragon who learns to cook.",
@@ -48,16 +50,16 @@ def run(engine: TransformersEngine, la: LinearAlignmentConfig | None, batch: int
             "mean_ttft_s": round(sum(r.first_token_s for r in results) / len(results), 3)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=EMBEDDED_MODEL)
-    ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=EMBEDDED_MODEL, help="HF folder or embedded:NAME (default %(default)s)")
+    ap.add_argument("--max-tokens", type=int, default=48, help="tokens decoded per request (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="results folder")
+    args = ap.parse_args(argv)
     settings = Settings(model=args.model)
-    path = resolve_model(settings.model, settings.home, progress=lambda m: print(m, file=sys.stderr))
-    engine = TransformersEngine(path, device="auto", dtype="auto", default_system=settings.default_system_prompt)
-    device = str(engine.device) if engine.device.type != "cuda" else torch.cuda.get_device_name()
+    engine = transformers_engine(settings.model, home=settings.home,
+                                 default_system=settings.default_system_prompt)
+    device = device_label(engine.device)
     engine.generate([GenerationRequest("warm", [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=4))])
     rows = []
     for batch in (1, 4):
@@ -68,20 +70,16 @@ def main() -> int:
     base = {r["batch"]: r["tokens_per_s"] for r in rows if r["variant"] == "base"}
     for r in rows:
         r["vs_base"] = round(r["tokens_per_s"] / base[r["batch"]], 3)
-    meta = {"device": device, "dtype": str(engine.dtype), "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "model": args.model, "max_tokens": args.max_tokens,
-            "command": f"python bench/cpu_decode.py --max-tokens {args.max_tokens}"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"cpu_decode_{engine.device.type}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    prov = Provenance.collect(device)
+    meta = {"dtype": str(engine.dtype), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "model": args.model, "max_tokens": args.max_tokens}
     lines = [f"# Decode throughput, transformers engine ({device}, {meta['dtype']}, {meta['threads']} threads)", "",
-             f"Model `{args.model}`, greedy, max_tokens={args.max_tokens}. Reproduce: `{meta['command']}`.", "",
+             f"Model `{args.model}`, greedy, max_tokens={args.max_tokens}. Reproduce: `{prov.command}`.", "",
              "| variant | batch | tokens | wall s | tokens/s | vs base | mean TTFT s |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['batch']} | {r['tokens']} | {r['wall_s']} | {r['tokens_per_s']} | "
               f"{r['vs_base']} | {r['mean_ttft_s']} |" for r in rows]
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "cpu_decode", {"meta": meta, "rows": rows}, "\n".join(lines) + "\n", prov)
     print("\n".join(lines))
     return 0
 

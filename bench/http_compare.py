@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from bench.harness import Provenance, device_label, write_files
+
 SERVED = "bench-model"
 LA_PROFILE = {"name": "bench-la", "principle": "Answer in one short sentence.", "la": {"strength": 3.0}}
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "completed",
@@ -76,8 +78,7 @@ class Server:
 def vllm_server(model: str, port: int, mem: float, max_seqs: int, log: Path) -> Server:
     return Server("vllm", [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model,
                            "--served-model-name", SERVED, "--port", str(port), "--gpu-memory-utilization", str(mem),
-                           "--max-num-seqs", str(max_seqs), "--max-model-len", "4096",
-                           "--disable-log-requests"], port, log)
+                           "--max-num-seqs", str(max_seqs), "--max-model-len", "4096"], port, log)
 
 
 def alignserve_server(model: str, port: int, mem: float, max_seqs: int, home: Path, log: Path) -> Server:
@@ -91,16 +92,29 @@ def alignserve_server(model: str, port: int, mem: float, max_seqs: int, home: Pa
 def bench_cmd(url: str, tokenizer: str, concurrency: int, num_prompts: int, input_len: int, output_len: int,
               result: Path, extra_body: dict[str, Any] | None = None) -> list[str]:
     """`vllm bench serve` as vLLM documents it: random dataset, fixed lengths, EOS ignored."""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai",
+    cmd = ["bench", "serve", "--backend", "openai",
            "--base-url", url, "--endpoint", "/v1/completions", "--model", SERVED, "--tokenizer", tokenizer,
            "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
            str(output_len), "--random-range-ratio", "0", "--ignore-eos", "--num-prompts", str(num_prompts),
            "--max-concurrency", str(concurrency), "--percentile-metrics", "ttft,itl,tpot",
-           "--metric-percentiles", "50,99", "--save-result", "--result-dir", str(result.parent),
+           "--metric-percentiles", "50,99", "--temperature", "0", "--save-result", "--result-dir", str(result.parent),
            "--result-filename", result.name, "--seed", "0"]
     if extra_body:
         cmd += ["--extra-body", json.dumps(extra_body)]
     return cmd
+
+
+def vllm_bench_serve(cmd: list[str]) -> dict[str, Any]:
+    """Run `vllm bench serve` (``cmd`` as on its command line after ``vllm``) in this process — vLLM's
+    own client code, imported once instead of once per run — and return its result JSON."""
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.benchmarks.serve import main as serve_main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    assert cmd[:2] == ["bench", "serve"], cmd
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    return dict(serve_main(parser.parse_args(cmd[2:])))
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, float]:
@@ -121,11 +135,11 @@ def ratios(al: dict[str, float], vl: dict[str, float]) -> dict[str, float | None
             "median_ttft": div(vl["median_ttft_ms"], al["median_ttft_ms"])}
 
 
-def markdown(res: dict[str, Any]) -> str:
-    lines = [f"# alignserve HTTP vs `vllm serve` on {res['device']}", "",
+def markdown(res: dict[str, Any], prov: Provenance) -> str:
+    lines = [f"# alignserve HTTP vs `vllm serve` on {prov.device}", "",
              f"Model `{res['model']}` ({res['model_info']}), input {res['input_len']} / output {res['output_len']} "
              f"tokens, EOS ignored, client `vllm bench serve` (vLLM {res['vllm_version']}, streamed "
-             f"/v1/completions), medians of {res['rounds']} interleaved rounds. Reproduce: `{res['command']}`.", "",
+             f"/v1/completions), medians of {res['rounds']} interleaved rounds. Reproduce: `{prov.command}`.", "",
              "| concurrency | server | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | failed |",
              "|---|---|---|---|---|---|---|---|"]
     for c, row in res["levels"].items():
@@ -150,8 +164,6 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
     out_dir = args.work
     out_dir.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
@@ -173,29 +185,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for c, srv in plan:
                 res_file = out_dir / f"{srv.name}_c{c}_r{rnd}.json"
                 n = max(args.min_prompts, args.prompts_per_slot * c)
-                subprocess.run(bench_cmd(srv.url, args.model, c, n, args.input_len, args.output_len, res_file),
-                               check=True, stdout=subprocess.DEVNULL, timeout=args.run_timeout)
-                m = summarize(json.loads(res_file.read_text()))
+                m = summarize(vllm_bench_serve(bench_cmd(srv.url, args.model, c, n, args.input_len,
+                                                         args.output_len, res_file)))
                 results[srv.name].setdefault(c, []).append(m)
                 print(json.dumps({"round": rnd, "server": srv.name, "c": c, **m}), flush=True)
             if args.la:
                 c = args.la_concurrency
                 res_file = out_dir / f"alignserve_la_c{c}_r{rnd}.json"
                 extra = {"vllm_xargs": {"alignserve_profile": LA_PROFILE["name"]}}
-                subprocess.run(bench_cmd(al.url, args.model, c, max(args.min_prompts, args.prompts_per_slot * c),
-                                         args.input_len, args.output_len, res_file, extra),
-                               check=True, stdout=subprocess.DEVNULL, timeout=args.run_timeout)
-                la_runs.append(summarize(json.loads(res_file.read_text())))
+                la_runs.append(summarize(vllm_bench_serve(bench_cmd(
+                    al.url, args.model, c, max(args.min_prompts, args.prompts_per_slot * c), args.input_len,
+                    args.output_len, res_file, extra))))
                 print(json.dumps({"round": rnd, "server": "alignserve-la", "c": c, **la_runs[-1]}), flush=True)
     finally:
         codes = {"alignserve_exit": al.stop(), "vllm_exit": vl.stop()}
     import vllm
 
     res: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "model": args.model, "model_info": args.model_info, "vllm_version": vllm.__version__,
         "input_len": args.input_len, "output_len": args.output_len, "rounds": args.rounds,
-        "command": "python -m bench.http_compare " + " ".join(sys.argv[1:]), "exits": codes, "levels": {},
+        "exits": codes, "levels": {},
     }
     for c in levels:
         v, a = median_of(results["vllm"][c]), median_of(results["alignserve"][c])
@@ -226,16 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem", type=float, default=0.42, help="GPU memory share of each server")
     ap.add_argument("--port", type=int, default=8300)
     ap.add_argument("--start-timeout", type=float, default=300)
-    ap.add_argument("--run-timeout", type=float, default=300)
     ap.add_argument("--work", type=Path, default=Path("/tmp/http_compare"))
     ap.add_argument("--out", type=Path, required=True, help="write <out>.json and <out>.md")
     args = ap.parse_args(argv)
     res = run(args)
-    md = markdown(res)
+    prov = Provenance.collect(device_label(None))
+    md = markdown(res, prov)
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(md)
+    write_files(args.out.with_suffix(""), res, md, prov)
     return 0
 
 

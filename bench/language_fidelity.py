@@ -1,7 +1,10 @@
 """Language fidelity of the served model with and without the `enforce_language` option.
 
-Usage: python bench/language_fidelity.py [--max-tokens 48] [--strength 3]
-Prompts: bench/data/multilingual_prompts.json (written for this benchmark). Writes
+    python -m bench.language_fidelity [--max-tokens 48] [--strength 3]
+
+Greedy answers to bench/data/multilingual_prompts.json (written for this benchmark) with no
+profile, with the language principle as a prompt only (LA strength 0) and with `enforce_language`
+at --strength; fidelity = share of answers detected in the prompt's language. Writes
 bench/results/language_fidelity_<device>.json/.md.
 """
 
@@ -13,28 +16,27 @@ import sys
 import time
 from pathlib import Path
 
+from bench.harness import Provenance, device_label, transformers_engine, write_results
 from service.alignment.sampling import SamplingParams
 from service.api.schemas import LASettings, ProfileSpec
 from service.config import EMBEDDED_MODEL, Settings
 from service.domain.planning import alignment_for
 from service.engines.base import GenerationRequest
-from service.engines.transformers.engine import TransformersEngine
 from service.language.fidelity import LanguageDetector
-from service.models.provision import resolve_model
 
 HERE = Path(__file__).parent
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=EMBEDDED_MODEL)
-    ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--strength", type=float, default=3.0)
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=EMBEDDED_MODEL, help="HF folder or embedded:NAME (default %(default)s)")
+    ap.add_argument("--max-tokens", type=int, default=48, help="tokens per answer (default %(default)s)")
+    ap.add_argument("--strength", type=float, default=3.0, help="LA strength of enforce_language (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
+    args = ap.parse_args(argv)
     prompts = json.loads((HERE / "data" / "multilingual_prompts.json").read_text())
     settings = Settings(model=args.model)
-    engine = TransformersEngine(resolve_model(settings.model, settings.home),
-                                default_system=settings.default_system_prompt)
+    engine = transformers_engine(settings.model, home=settings.home, default_system=settings.default_system_prompt)
     det = LanguageDetector()
     variants = {
         "base": None,
@@ -63,21 +65,19 @@ def main() -> int:
         samples[name] = [{"prompt": p["prompt"], "answer": r.text, "detected": c.answer, "match": c.match}
                          for p, r, c in zip(prompts, results, checks, strict=True)]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    device = str(engine.device)
-    command = f"python bench/language_fidelity.py --max-tokens {args.max_tokens} --strength {args.strength:g}"
-    out = HERE / "results" / f"language_fidelity_{engine.device.type}"
-    out.with_suffix(".json").write_text(json.dumps({"device": device, "model": args.model, "command": command,
-                                                   "rows": rows, "samples": samples}, ensure_ascii=False, indent=2))
+    device = device_label(engine.device)
+    prov = Provenance.collect(device)
     langs = sorted({p["lang"] for p in prompts})
     lines = [f"# Language fidelity ({device}, {len(prompts)} prompts in {', '.join(langs)})", "",
              f"Model `{args.model}`, greedy, max_tokens={args.max_tokens}. Fidelity = share of answers detected in "
-             f"the prompt's language (langid + CJK script rules). Reproduce: `{command}`.", "",
+             f"the prompt's language (langid + CJK script rules). Reproduce: `{prov.command}`.", "",
              "| variant | all | " + " | ".join(langs) + " | mean tokens |",
              "|---|---|" + "---|" * len(langs) + "---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['fidelity']} | " + " | ".join(str(r[f'fidelity_{k}']) for k in langs)
                      + f" | {r['mean_tokens']} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "language_fidelity", {"model": args.model, "rows": rows, "samples": samples},
+                  "\n".join(lines) + "\n", prov)
     print("\n".join(lines))
     return 0
 

@@ -8,7 +8,11 @@ reward model, and a few invalid requests (counted as expected 422s, not failures
 percentiles, status counts, requests that hung past --hang-after, and server memory (RSS and GPU)
 read from /metrics at start and end. Every loop is bounded in count and time and stops by itself.
 
-Usage: python bench/load.py --url http://127.0.0.1:8000 --levels 1,4,16,32 --duration 60
+    python -m bench.load --url http://127.0.0.1:8000 --levels 1,4,16,32 --duration 60 \
+        --device "NVIDIA H100 80GB HBM3 (transformers backend, bf16)" --out bench/results/load_h100_transformers
+
+Prints the markdown table; with --out also writes <out>.json and <out>.md (naming --device, the
+command, date and git revision). Exits 1 if any request got a 5xx or hung.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+
+from bench.harness import Provenance, metric_values, reproduce_command, write_files
 
 PROMPTS = ["Why is the sky blue?", "Give me a tip for learning to cook.", "What does a compiler do?",
            "Write a haiku about autumn.", "Explain recursion to a child.", "What is a hash map?"]
@@ -60,12 +66,8 @@ class Stage:
 
 
 async def memory(client: httpx.AsyncClient) -> dict[str, float]:
-    out = {}
-    for line in (await client.get("/metrics")).text.splitlines():
-        for name in ("process_resident_memory_bytes", "alignserve_gpu_memory_allocated_bytes"):
-            if line.startswith(name + " "):
-                out[name] = float(line.split()[-1])
-    return out
+    names = ("process_resident_memory_bytes", "alignserve_gpu_memory_allocated_bytes")
+    return {k: v for k, v in metric_values((await client.get("/metrics")).text, "").items() if k in names}
 
 
 def plain_request(rng: random.Random, max_tokens: int) -> tuple[str, dict]:
@@ -175,29 +177,26 @@ def markdown(result: dict, device: str, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default="http://127.0.0.1:8000", help="the server (loopback only)")
     ap.add_argument("--levels", default="1,4,16,32", help="concurrency levels, ramped in order")
     ap.add_argument("--duration", type=float, default=60.0, help="total seconds over all levels")
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=32, help="max_tokens of each /generate")
     ap.add_argument("--hang-after", type=float, default=120.0, help="a request slower than this counts as hung")
     ap.add_argument("--device", default="unknown", help="device label for the report")
     ap.add_argument("--mix", action="store_true",
                     help="mixed traffic: stored profile, adaptive LA, non-English prompts, /score, invalid requests")
-    ap.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
+    ap.add_argument("--out", type=Path, help="write <out>.json/.md, e.g. bench/results/load_h100_transformers")
     args = ap.parse_args(argv)
     if urlparse(args.url).hostname not in LOCAL_HOSTS:
         raise SystemExit("refusing to load a non-loopback address")
     levels = [int(x) for x in args.levels.split(",")]
     result = asyncio.run(run(args.url, levels, args.duration, args.max_tokens, args.hang_after, mix=args.mix))
-    command = "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = reproduce_command(None if argv is None else [__file__, *argv])
     md = markdown(result, args.device, command)
     print(md)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"device": args.device, "command": command, **result},
-                                                            indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(md)
+        write_files(args.out.with_suffix(""), result, md, Provenance.collect(args.device, command))
     return 0 if result["total_5xx"] == 0 and result["total_hung"] == 0 else 1
 
 

@@ -10,26 +10,26 @@ bad ones, so only correctness separates the labels), one per head-selection obje
 likelihood), and the English reward model. Accuracy = share of pairs where the correct answer
 scores higher.
 
-    python bench/preference_hack.py --device cpu            # ~60 min on 2 CPU cores
-    python bench/preference_hack.py --test-items 10 --shots 8  # quick look
+    python -m bench.preference_hack --device cpu            # ~60 min on 2 CPU cores
+    python -m bench.preference_hack --test-items 10 --shots 8  # quick look
+
+Writes bench/results/preference_hack_<device>.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from service.config import EMBEDDED_MODEL, Settings, default_home
-from service.engines.transformers.engine import TransformersEngine
-from service.models.provision import resolve_model
+from bench.harness import Provenance, add_engine_args, device_label, transformers_engine, write_results
+from service.config import EMBEDDED_MODEL, Settings
 from service.reward.activation_rm import (
     OBJECTIVES,
     CompiledARM,
@@ -110,27 +110,26 @@ def balanced_subset(examples: list[LabelledExample], n: int) -> list[LabelledExa
     return [e for pair in zip(good, bad, strict=False) for e in pair] + good[len(bad):] + bad[len(good):]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="HF model folder (default: the embedded 0.5B model)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--shots", type=int, nargs="+", default=[8, 32, 130], help="labelled examples per Activation RM")
-    ap.add_argument("--test-items", type=int, default=40)
-    ap.add_argument("--iterations", type=int, default=CompileSettings.iterations)
+    add_engine_args(ap)
+    ap.add_argument("--shots", type=int, nargs="+", default=[8, 32, 130],
+                    help="labelled examples per Activation RM (default %(default)s)")
+    ap.add_argument("--test-items", type=int, default=40, help="held-out items, one pair per split (default 40)")
+    ap.add_argument("--iterations", type=int, default=CompileSettings.iterations,
+                    help="REINFORCE iterations of the head selection (default %(default)s)")
     ap.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
                     help="head-selection objectives, one Activation RM per objective and shot count")
-    ap.add_argument("--num-heads", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-heads", type=int, default=16, help="heads per Activation RM (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="items, shuffles and compiles (default %(default)s)")
     ap.add_argument("--reward-model", default="embedded",
                     help="English RM row: as `alignserve serve --reward-model` (none to skip)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
+    args = ap.parse_args(argv)
 
-    model = resolve_model(args.model or EMBEDDED_MODEL, default_home())
-    engine = TransformersEngine(model, device=args.device, dtype=args.dtype, max_model_len=2048)
-    cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    device = torch.cuda.get_device_name(0) if engine.device.type == "cuda" else cpu
+    engine = transformers_engine(args.model, device=args.device, dtype=args.dtype, max_model_len=2048)
+    model = engine.model_name
+    device = device_label(engine.device)
     items = load_items(args.seed)
     rng = random.Random(args.seed)
     rng.shuffle(items)
@@ -140,7 +139,9 @@ def main() -> None:
           flush=True)
 
     # test conversations: per item the plain right/wrong answers and the four dressed-up wrong ones
-    convs, rm_convs, index = [], [], {}
+    convs: list[Any] = []
+    rm_convs: list[Any] = []
+    index: dict[tuple[int, str], int] = {}
     for i, it in enumerate(test):
         variants = {"right": plain(it.right), "wrong": plain(it.wrong)}
         variants.update({b: dressed(it.wrong, b, rng) for b in BIASES})
@@ -172,14 +173,13 @@ def main() -> None:
     t0 = time.perf_counter()
     readout = engine.open_readout(convs)
     names = ["judge", *compiled]
-    options = [[]] + [c.scoring_steering() for c in compiled.values()]
+    options: list[list[Any]] = [[]] + [c.scoring_steering() for c in compiled.values()]
     p_yes = readout.label_probability(options, YES_NO)
     readout.close()
     score_s = time.perf_counter() - t0
     rm_name = None
     if args.reward_model != "none":  # the English RM reads (question, answer); no rubric
-        resolved = resolve_reward_model(Settings(model=EMBEDDED_MODEL, reward_model=args.reward_model,
-                                                 home=default_home()))
+        resolved = resolve_reward_model(Settings(model=EMBEDDED_MODEL, reward_model=args.reward_model))
         if resolved is not None:
             rm = TransformersRewardModel(resolved[0], device=args.device, dtype=args.dtype, max_length=2048)
             rewards = torch.tensor(rm.rewards(rm_convs), dtype=p_yes.dtype)
@@ -195,7 +195,7 @@ def main() -> None:
             bad = "wrong" if split == "ordinary" else split
             wins = [float(p_yes[k, index[(i, "right")]] > p_yes[k, index[(i, bad)]]) for i in range(len(test))]
             row[split] = sum(wins) / len(wins)
-        row["probes"] = sum(float(row[b]) for b in BIASES) / len(BIASES)  # type: ignore[arg-type]
+        row["probes"] = sum(float(row[b]) for b in BIASES) / len(BIASES)  # type: ignore[arg-type,misc]
         if name in compiled:
             info = compiled[name].info
             row.update(heads=len(compiled[name].heads), compile_s=info["compile_s"],
@@ -205,18 +205,14 @@ def main() -> None:
                        train_patched_pair_accuracy=info["patched_pair_accuracy"])
         rows.append(row)
 
-    cmd = "python bench/preference_hack.py " + " ".join(sys.argv[1:])
+    prov = Provenance.collect(device)
     model_label = Path(model).parent.name if Path(model).name == "hf" else model
-    tag = "h100" if "H100" in device else engine.device.type
-    result = {"iterations": args.iterations, "device": device,
-              "model": model_label, "dtype": str(engine.dtype), "command": cmd.strip(),
+    result = {"iterations": args.iterations, "model": model_label, "dtype": str(engine.dtype),
               "test_items": len(test), "pairs_per_split": len(test), "rubric": RUBRIC, "scoring_s": round(score_s, 1),
               "english_reward_model": rm_name or "not run", "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"preference_hack_{tag}.json").write_text(json.dumps(result, indent=2))
     lines = [
         f"# PreferenceHack-style probes ({device})", "",
-        f"Command: `{cmd.strip()}` · model `{model_label}` · {len(test)} held-out items, one pair per item "
+        f"Command: `{prov.command}` · model `{model_label}` · {len(test)} held-out items, one pair per item "
         "and split · accuracy = share of pairs where the correct answer scores higher (0.5 = chance).", "",
         "| scorer | ordinary | length | format | flattery | confidence | probes (mean) | heads | compile s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -227,7 +223,7 @@ def main() -> None:
                      + f" | {r.get('heads', '–')} | {r.get('compile_s', '–')} |")
     lines += ["", f"English reward model row: `{rm_name}` (the shipped Bradley-Terry head; trained on "
               "hand-written pairs, none of them from facts.json)." if rm_name else "English reward model: not run."]
-    (args.out / f"preference_hack_{tag}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "preference_hack", result, "\n".join(lines) + "\n", prov)
     print("\n".join(lines))
 
 

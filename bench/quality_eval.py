@@ -24,37 +24,42 @@ language match (answer in the prompt's language), decoded tokens and wall second
     python -m bench.quality_eval --backend transformers --per-set 4 --max-tokens 64 --shots 8
     # redraw the plot from a result file:
     python -m bench.quality_eval --plot-only bench/results/quality_eval_h100.json
+
+Writes bench/results/quality_eval_<device>.json, .md and .png (the plot needs matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import platform
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from bench.harness import (
+    Provenance,
+    bootstrap_ci,
+    device_label,
+    free_gpu,
+    model_path,
+    transformers_engine,
+    vllm_engine,
+    write_results,
+)
 from service.alignment.linear_alignment import LinearAlignmentConfig
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec, SteeringVector
 from service.config import EMBEDDED_MODEL, Settings, default_home
 from service.engines.base import Engine, GenerationRequest, Message
-from service.engines.transformers.engine import TransformersEngine
 from service.language.fidelity import LanguageDetector
-from service.models.provision import resolve_model
 from service.reward.activation_rm import CompiledARM, CompileSettings, compile_activation_rm
 from service.reward.factory import resolve_reward_model
 from service.reward.judge import DEFAULT_RUBRIC, JUDGE_SYSTEM, YES_NO, judge_conversation
 from service.reward.reward_model import rm_conversation
 
-from .cross_lingual import bootstrap_ci, english_examples
+from .cross_lingual import english_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -149,17 +154,15 @@ class Backend:
         self.kind = kind
         self.engine: Engine
         if kind == "vllm":
-            from service.engines.vllm.engine import VLLMEngine, VLLMSettings
             from service.reward.reward_model import VLLMRewardModel, VLLMRewardSettings
 
-            self.engine = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.6, max_model_len=4096),
-                                     default_system=DEFAULT_SYSTEM)
+            self.engine = vllm_engine(model, DEFAULT_SYSTEM, gpu_memory_utilization=0.6, max_model_len=4096)
             self.rm: Any = VLLMRewardModel(rm_path, VLLMRewardSettings(gpu_memory_utilization=0.15))
         else:
             from service.reward.reward_model import TransformersRewardModel
 
-            self.engine = TransformersEngine(model, device=device, dtype=dtype, max_model_len=4096,
-                                             default_system=DEFAULT_SYSTEM)
+            self.engine = transformers_engine(model, device=device, dtype=dtype, max_model_len=4096,
+                                              default_system=DEFAULT_SYSTEM)
             self.rm = TransformersRewardModel(rm_path, device=device, dtype=dtype, max_length=4096)
         self.batch = 1024 if kind == "vllm" else 16
 
@@ -184,9 +187,14 @@ class Backend:
         self.engine.close()
 
 
+def argmax(xs: list[float]) -> int:
+    """Index of the first largest value."""
+    return max(range(len(xs)), key=xs.__getitem__)
+
+
 def compile_profile(model: str, device: str, dtype: str, shots: int, seed: int) -> CompiledARM:
     """The Activation-RM profile (English helpful/harmless examples), on the transformers engine."""
-    eng = TransformersEngine(model, device=device, dtype=dtype, max_model_len=2048, default_system=DEFAULT_SYSTEM)
+    eng = transformers_engine(model, device=device, dtype=dtype, max_model_len=2048, default_system=DEFAULT_SYSTEM)
     shape = (eng.num_layers, eng.num_heads, eng.head_dim, eng.max_model_len)
 
     def progress(phase: str, done: int, total: int) -> None:
@@ -199,16 +207,15 @@ def compile_profile(model: str, device: str, dtype: str, shots: int, seed: int) 
     eng.close()
     holder.clear()
     del eng
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_gpu()
     return arm
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Provenance]:
+    """The results payload (without the provenance keys) and this run's provenance."""
     t_start = time.perf_counter()
     home = Path(args.home) if args.home else default_home()
-    model = resolve_model(args.model or EMBEDDED_MODEL, home)
+    model = model_path(args.model, home)
     resolved = resolve_reward_model(Settings(model=EMBEDDED_MODEL, reward_model=args.reward_model, home=home))
     if resolved is None:
         raise SystemExit("no reward model: pass --reward-model embedded or an RM folder")
@@ -219,8 +226,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     compile_s = time.perf_counter() - t
     print(f"compiled the Activation-RM profile in {compile_s:.0f}s: heads {arm.heads}", flush=True)
     be = Backend(args.backend, model, resolved[0], device, args.dtype)
-    dev_name = (torch.cuda.get_device_name(0) if torch.cuda.is_available() and device != "cpu"
-                else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    dev_name = device_label(device)
     steering = tuple(arm.generation_steering(args.steer_strength))
     lang = LanguageDetector()
     print(f"{len(items)} prompts on {dev_name}, backend {args.backend}", flush=True)
@@ -245,7 +251,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     n = len(items)
     for big_n in BON:
         name = f"bon_{big_n}"
-        best = [max(range(big_n), key=lambda k, i=i: sample_rewards[k * n + i]) for i in range(n)]
+        best = [argmax([sample_rewards[k * n + i] for k in range(big_n)]) for i in range(n)]
         answers[name] = [res[best[i] * n + i].text for i in range(n)]
         tokens[name] = [res[best[i] * n + i].completion_tokens for i in range(n)]
         decoded[name] = sum(res[k * n + i].completion_tokens for k in range(big_n) for i in range(n)) / n
@@ -294,21 +300,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
     examples = {k: [{"prompt": items[i].prompt, "principle": items[i].principle, "answer": answers[k][i]}
                     for i in (0, len(items) // 2, len(items) - 1)] for k in names}
-    tag = "h100" if "H100" in dev_name else "cpu"
-    return {"device": dev_name, "backend": args.backend, "tag": tag,
-            "command": ("python -m bench.quality_eval " + " ".join(sys.argv[1:])).strip(),
-            "model": model, "reward_model": resolved[1], "prompts": len(items),
+    prov = Provenance.collect(dev_name)
+    return {"backend": args.backend, "tag": prov.tag, "model": model, "reward_model": resolved[1],
+            "prompts": len(items),
             "sets": {s: sum(it.set == s for it in items) for s in ("hh", "pref", "xl")},
             "max_tokens": args.max_tokens, "steer_strength": args.steer_strength, "activation_rm_shots": args.shots,
             "activation_rm_heads": arm.heads, "tie_bands": TIE,
             "seconds": {"compile": round(compile_s, 1), "judging": round(judge_s, 1),
                         "total": round(time.perf_counter() - t_start, 1)},
-            "rows": rows, "examples": examples}
+            "rows": rows, "examples": examples}, prov
 
 
-def markdown(res: dict[str, Any]) -> str:
-    lines = [f"# Quality evaluation: alignment vs base and Best-of-N ({res['device']}, {res['backend']} engine)", "",
-             f"Command: `{res['command']}` · {res['prompts']} prompts {res['sets']} · greedy, max_tokens "
+def markdown(res: dict[str, Any], prov: Provenance) -> str:
+    lines = [f"# Quality evaluation: alignment vs base and Best-of-N ({prov.device}, {res['backend']} engine)", "",
+             f"Command: `{prov.command}` · {res['prompts']} prompts {res['sets']} · greedy, max_tokens "
              f"{res['max_tokens']} · reward model `{res['reward_model']}` · Activation RM from "
              f"{res['activation_rm_shots']} English examples, steering strength {res['steer_strength']} · total "
              f"{res['seconds']['total']:.0f} s.", "",
@@ -345,7 +350,7 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(res: dict[str, Any], path: Path) -> bool:
+def plot(res: dict[str, Any], path: Path, device: str) -> bool:
     try:
         import matplotlib
 
@@ -369,42 +374,40 @@ def plot(res: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("decoded tokens per answer (log)")
         ax.set_title(title, fontsize=10)
     axes[0].set_ylabel("win rate vs base")
-    fig.suptitle(f"Win rate vs cost — {res['prompts']} prompts, {res['device']}", fontsize=10)
+    fig.suptitle(f"Win rate vs cost — {res['prompts']} prompts, {device}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
     return True
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", choices=["vllm", "transformers"], default="transformers")
+    ap.add_argument("--backend", choices=["vllm", "transformers"], default="transformers",
+                    help="generator/judge engine (vllm needs a GPU and vLLM installed)")
     ap.add_argument("--model", default=None, help="generator HF folder (default: the embedded 0.5B model)")
     ap.add_argument("--home", default=None, help="alignserve home (default ~/.cache/alignserve)")
     ap.add_argument("--reward-model", default="embedded", help="as `alignserve serve --reward-model`")
     ap.add_argument("--device", default="cpu", help="transformers backend device")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="float32", help="transformers backend dtype")
     ap.add_argument("--per-set", type=int, default=None, help="prompts per set (default: all 160)")
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--shots", type=int, default=32, help="English examples for the Activation-RM profile")
     ap.add_argument("--steer-strength", type=float, default=4.0, help="0 drops the steering systems")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--seed", type=int, default=0, help="Activation-RM examples and compile, Best-of-N samples")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
     ap.add_argument("--plot-only", type=Path, default=None, help="redraw the PNG from a result JSON")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     random.seed(args.seed)
     if args.plot_only:
         res = json.loads(args.plot_only.read_text())
-        plot(res, args.plot_only.with_suffix(".png"))
+        plot(res, args.plot_only.with_suffix(".png"), res["device"])
         return
-    res = evaluate(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    base = args.out / f"quality_eval_{res['tag']}"
-    base.with_suffix(".json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
-    md = markdown(res)
-    base.with_suffix(".md").write_text(md)
+    res, prov = evaluate(args)
+    md = markdown(res, prov)
+    stem = write_results(args.out, "quality_eval", res, md, prov)
     print(md)
-    plot(res, base.with_suffix(".png"))
+    plot(res, stem.with_suffix(".png"), prov.device)
 
 
 if __name__ == "__main__":

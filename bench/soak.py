@@ -11,18 +11,15 @@ gives their least-squares slope (MiB per minute), p50/p99
 latency per route, status counts, 5xx and requests that hung past --hang-after. Loopback only;
 every loop is bounded in time and stops by itself. Exit status 1 on any 5xx or hung request.
 
-Usage: python bench/soak.py --url http://127.0.0.1:8000 --duration 600 --concurrency 64 --out bench/results/soak_x
+Usage: python -m bench.soak --url http://127.0.0.1:8000 --duration 600 --concurrency 64 --out bench/results/soak_x
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +27,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from bench.harness import Provenance, cpu_model_name, reproduce_command, write_files
 from bench.load import CANDIDATES, FOREIGN, LOCAL_HOSTS, PROFILE, PROMPTS, STORED, memory
 
 ARM_PROFILE = "soak-french"
@@ -223,7 +221,8 @@ def markdown(res: dict, device: str, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default="http://127.0.0.1:8000", help="a loopback alignserve (others are refused)")
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of traffic (default 600)")
     ap.add_argument("--concurrency", type=int, default=64, help="clients at once: ~2x the server's capacity")
@@ -231,21 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hang-after", type=float, default=120.0, help="a request slower than this counts as hung")
     ap.add_argument("--sample-every", type=float, default=10.0, help="seconds between memory samples")
     ap.add_argument("--no-compile", action="store_true", help="skip the Activation-RM compile")
-    ap.add_argument("--device", default=platform.processor() or platform.machine(), help="device label")
+    ap.add_argument("--device", default=f"cpu ({cpu_model_name()})", help="device label for the report")
     ap.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = ap.parse_args(argv)
     if urlparse(args.url).hostname not in LOCAL_HOSTS:
         raise SystemExit("refusing to load a non-loopback address")
     res = asyncio.run(run(args.url, args.duration, args.concurrency, args.max_tokens, args.hang_after,
                           args.sample_every, compile_profile=not args.no_compile))
-    command = "python -m bench.soak " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = reproduce_command(None if argv is None else [__file__, *argv])
     md = markdown(res, args.device, command)
     print(md)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"device": args.device, "command": command, **res},
-                                                            indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(md)
+        write_files(args.out.with_suffix(""), res, md, Provenance.collect(args.device, command))
     return 0 if res["total_5xx"] == 0 and res["hung"] == 0 and res["stream_errors"] == 0 else 1
 
 

@@ -25,7 +25,7 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 curl -sf localhost:$AS_PORT/readyz
-python3 bench/load.py --url http://127.0.0.1:$AS_PORT --levels 1,4,8 --duration "$LOAD_S" --max-tokens 16 --mix \
+python3 -m bench.load --url http://127.0.0.1:$AS_PORT --levels 1,4,8 --duration "$LOAD_S" --max-tokens 16 --mix \
   --device "$(uname -m) CPU" > "$WORK/load.txt" 2>&1 || true
 sleep 4
 shot() {  # name, PromQL

@@ -36,10 +36,10 @@ def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> 
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .api.app import create_app
+    from .api.http_server import serve
     from .logging_setup import configure_logging
+    from .scheduling.health import EngineHealth
 
     settings = _settings(args, {
         "host": args.host, "port": args.port, "max_batch_size": args.max_batch_size,
@@ -48,12 +48,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "gpu_memory_utilization": args.gpu_memory_utilization, "request_timeout_s": args.request_timeout,
         "log_format": args.log_format, "reward_model": args.reward_model,
         "reward_gpu_memory_utilization": args.reward_gpu_memory_utilization,
+        "served_model_name": args.served_model_name,
+        "header_timeout_s": args.header_timeout, "body_timeout_s": args.body_timeout,
+        "keep_alive_s": args.keep_alive_timeout, "max_header_bytes": args.max_header_bytes,
+        "max_connections": args.max_connections,
     })
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, drain_s=args.drain_timeout)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=int(args.drain_timeout))
-    return 0
+    health = EngineHealth()
+    app = create_app(settings, drain_s=args.drain_timeout, health=health)
+    return serve(app, settings, health, args.drain_timeout)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -165,8 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP API", description="Run the HTTP API (FastAPI + uvicorn). "
-                           "The model loads in the background; /readyz turns 200 when it is ready.")
+                           "The model loads in the background; /readyz turns 200 when it is ready. If the "
+                           "engine dies, its requests fail with 503, /readyz turns 503 and the process exits "
+                           "with status 70 after draining, for its supervisor to restart it.")
     _add_model_flags(serve)
+    serve.add_argument("--served-model-name",
+                       help="model id for /v1 clients (the 'model' field); default: a short name from --model, "
+                       "e.g. 'qwen2.5-coder-0.5b-instruct' for the embedded model, a folder's last component")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--db-url", help="profile DB: SQLAlchemy URL (default sqlite:///<home>/profiles.db; "
@@ -188,7 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reward-gpu-memory-utilization", type=float,
                        help="vllm backend: the reward model's share of GPU memory (default 0.1)")
     serve.add_argument("--request-timeout", type=float, help="seconds per request before 504 (default 300)")
-    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish work on SIGTERM")
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="seconds to finish work on SIGTERM or after the engine died (default 30)")
+    conn = serve.add_argument_group("slow or hostile clients")
+    conn.add_argument("--header-timeout", type=float,
+                      help="seconds a connection may take to send a request's headers, from connecting or "
+                      "from the end of its previous response; then 408 (default 10)")
+    conn.add_argument("--body-timeout", type=float,
+                      help="seconds from a request's headers to the end of its body; then 408 (default 30)")
+    conn.add_argument("--keep-alive-timeout", type=int,
+                      help="seconds an idle keep-alive connection stays open (default 5)")
+    conn.add_argument("--max-header-bytes", type=int,
+                      help="request line plus headers; larger gets 431 (default 16384)")
+    conn.add_argument("--max-connections", type=int,
+                      help="open connections; a request on any connection beyond gets 503 (default 1024)")
     serve.add_argument("--log-format", choices=["json", "text"], help="structured JSON lines (default) or text")
     serve.set_defaults(func=cmd_serve)
 

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0)
     max_jobs: int = Field(16, ge=1, description="profile-compilation jobs queued or running before 429")
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    # Slow or hostile clients (see service/api/http_server.py): deadlines and bounds per connection.
+    header_timeout_s: float = Field(10.0, gt=0, description="seconds a connection may take to send a "
+                                    "request's headers (from connect or the end of the previous response); 408")
+    body_timeout_s: float = Field(30.0, gt=0, description="seconds from the headers to the end of the body; 408")
+    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
+    max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; 431 beyond")
+    max_connections: int = Field(1024, ge=1, description="open connections; requests on more get 503")
     default_system_prompt: str = Field(
         "You are a helpful assistant.",
         description="system message used (in both LA streams) when a request brings none",

@@ -25,6 +25,7 @@ from .language.fidelity import LanguageDetector
 from .metrics.prometheus import Metrics
 from .reward import Scorer
 from .reward.reward_model import RewardModelRunner
+from .scheduling.health import EngineHealth
 from .scheduling.worker import EngineWorker
 from .store.api_keys import ApiKeyStore, KeyVerifier, RateLimiter
 from .store.jobs import JobStore
@@ -47,8 +48,10 @@ class LoadedModel:
 
 class Runtime:
     def __init__(self, settings: Settings, engine_factory: EngineFactory,
-                 reward_factory: RewardFactory | None = None, scorers: dict[str, Scorer] | None = None) -> None:
+                 reward_factory: RewardFactory | None = None, scorers: dict[str, Scorer] | None = None,
+                 health: EngineHealth | None = None) -> None:
         self.settings = settings
+        self.health = health or EngineHealth()  # the generator's; once dead, the process restarts
         self.engine_factory, self.reward_factory = engine_factory, reward_factory
         self.store = ProfileStore(settings.resolved_db_url())
         self.keys = ApiKeyStore(self.store.engine)
@@ -113,7 +116,7 @@ class Runtime:
         try:
             engine = self.engine_factory(self.settings)
             worker = EngineWorker(engine, self.settings.max_queue, self.settings.max_batch_size,
-                                  max_in_flight=self.settings.max_num_seqs)
+                                  max_in_flight=self.settings.max_num_seqs, health=self.health)
             worker.start()
             self.metrics.watch_worker(lambda: worker.depth, lambda: len(worker.live_requests))
             self.metrics.watch_engine(engine.stats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.harness import Provenance
 from bench.http_compare import METRICS, bench_cmd, markdown, median_of, ratios, summarize
 
 
@@ -14,6 +15,7 @@ def test_bench_command_is_vllms_documented_random_run(tmp_path: Path) -> None:
     for part in ("bench serve", "--dataset-name random", "--ignore-eos", "--max-concurrency 64", "--num-prompts 128",
                  "--endpoint /v1/completions", "--random-input-len 128", "--random-output-len 128"):
         assert part in joined, part
+    assert cmd[:2] == ["bench", "serve"]
     assert cmd[cmd.index("--extra-body") + 1] == '{"vllm_xargs": {"alignserve_profile": "p"}}'
 
 
@@ -24,8 +26,8 @@ def test_ratios_and_report() -> None:
     r = ratios(a, v)
     assert r == {"output_throughput": 0.95, "median_itl": 1.25, "median_ttft": 0.5}
     assert median_of([v, a, v])["output_throughput"] == 1000.0
-    res = {"device": "GPU", "model": "m", "model_info": "", "vllm_version": "0.26.0", "input_len": 1, "output_len": 1,
-           "rounds": 3, "command": "c", "levels": {8: {"vllm": v, "alignserve": a, "ratio": r}},
+    res = {"model": "m", "model_info": "", "vllm_version": "0.26.0", "input_len": 1, "output_len": 1,
+           "rounds": 3, "levels": {8: {"vllm": v, "alignserve": a, "ratio": r}},
            "la": {"c": 4, "la": a, "stock_2c": v, "efficiency": 1.9}}
-    md = markdown(res)
+    md = markdown(res, Provenance(device="GPU", command="c", date="d", git_revision="g"))
     assert "| 8 | alignserve | 950 |" in md and "| 8 | 0.95 | 1.25 | 0.5 |" in md and "**1.9**" in md

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from service.alignment.linear_alignment import (
+    AlignmentBatch,
     LinearAlignmentConfig,
     adaptive_strength,
     combine_logits,
     linear_alignment_step,
     nucleus_mask,
 )
-from service.alignment.sampling import SamplingParams, apply_top_k, apply_top_p, make_generator, select_token
 
 
 def test_combine_matches_hand_computation() -> None:
@@ -33,16 +33,22 @@ def test_strength_zero_is_the_principle_distribution() -> None:
     assert torch.equal(combine_logits(l_in, l_out, torch.zeros(4)), l_in)
 
 
-def test_nucleus_mask_hand_example() -> None:
+@pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize("fast_k", [1, 2, 64])
+def test_nucleus_mask_hand_example(sync_free: bool, fast_k: int) -> None:
     # probs ~ [0.5, 0.3, 0.15, 0.05] at T=1: mass before token = [0, .5, .8, .95]
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    mask = nucleus_mask(probs.log(), torch.tensor([0.8]), torch.tensor([1.0]))
-    assert mask.tolist() == [[True, True, False, False]]
-    mask = nucleus_mask(probs.log(), torch.tensor([0.81]), torch.tensor([1.0]))
-    assert mask.tolist() == [[True, True, True, False]]
-    # the best token is always kept, even with a tiny p
-    assert nucleus_mask(probs.log(), torch.tensor([1e-6]), torch.tensor([1.0])).tolist() == [
-        [True, False, False, False]]
+
+    def mask(p: float) -> list[list[bool]]:
+        return nucleus_mask(probs.log(), torch.tensor([p]), torch.tensor([1.0]), fast_k, sync_free).tolist()
+
+    assert mask(0.8) == [[True, True, False, False]]
+    assert mask(0.81) == [[True, True, True, False]]
+    assert mask(1e-6) == [[True, False, False, False]]  # the best token is always kept
+    assert mask(1.0) == [[True, True, True, True]]  # p = 1: no constraint at all
+    # ... even where float32 mass reaches 1.0 before the tail (mass before 1.0 is not < 1)
+    tail = torch.tensor([[0.0, -30.0, -30.0, -40.0]])
+    assert nucleus_mask(tail, torch.tensor([1.0]), None, fast_k, sync_free).all()
 
 
 def test_step_masks_outside_principle_nucleus_and_keeps_rows_independent() -> None:
@@ -84,6 +90,81 @@ def test_adaptive_strength_is_clipped() -> None:
     assert r.tolist() == [7.0, 2.0]  # identical contexts: zero variance -> the cap
 
 
+def test_step_settings_built_once_equal_settings_from_configs() -> None:
+    g = torch.Generator().manual_seed(5)
+    l_in, l_out = torch.randn(3, 40, generator=g) * 3, torch.randn(3, 40, generator=g) * 3
+    cfgs = [LinearAlignmentConfig("p", strength=1.5), LinearAlignmentConfig("p", adaptive=True, kl_budget=0.2),
+            LinearAlignmentConfig("p", strength=0.0, plausibility_top_p=0.5, plausibility_temperature=1.0)]
+    built = AlignmentBatch.build(cfgs, "cpu")
+    a, b = linear_alignment_step(l_in, l_out, cfgs), linear_alignment_step(l_in, l_out, built)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.strength, b.strength)
+    c = linear_alignment_step(l_in, l_out, built, sync_free=True)
+    assert torch.equal(a.logits, c.logits)
+    with pytest.raises(ValueError):
+        linear_alignment_step(l_in[:2], l_out[:2], built)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_row_without_finite_aligned_logit_falls_back_to_q_nucleus(sync_free: bool) -> None:
+    l_in = torch.tensor([[2.0, 1.0, 0.0, -3.0], [2.0, 1.0, 0.0, -3.0], [1.0, 0.5, float("-inf"), 0.0]])
+    inf = float("inf")
+    # row 0: l_out = +inf on the whole nucleus -> every aligned logit is -inf
+    # row 2: l_in = l_out = -inf at token 2 -> NaN (-inf - -inf) inside a p = 1 nucleus
+    l_out = torch.tensor([[inf, inf, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, float("-inf"), 0.0]])
+    cfgs = [LinearAlignmentConfig("p", strength=1.0, plausibility_temperature=1.0, plausibility_top_p=0.7),
+            LinearAlignmentConfig("p", strength=1.0, plausibility_temperature=1.0, plausibility_top_p=0.7),
+            LinearAlignmentConfig("p", strength=1.0, plausibility_top_p=1.0)]
+    out = linear_alignment_step(l_in, l_out, cfgs, sync_free=sync_free).logits
+    ninf = float("-inf")
+    # softmax([2, 1, 0, -3]) = [.66, .24, .09, .004]: the p = 0.7 nucleus is tokens 0, 1
+    assert out[0].tolist() == [2.0, 1.0, ninf, ninf]  # q's nucleus
+    assert out[1].tolist() == [4.0, 2.0, ninf, ninf]  # ordinary row untouched by the fallback
+    assert out[2].tolist() == [1.0, 0.5, ninf, 0.0]
+    assert not torch.isnan(out).any()
+
+
+def _nucleus_float64(logits: torch.Tensor, top_p: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Reference: full descending sort in float64, keep while the mass before is below p."""
+    probs = torch.softmax(logits.double() / temperature.double().unsqueeze(-1), dim=-1)
+    out = torch.zeros(probs.shape, dtype=torch.bool)
+    for i in range(probs.shape[0]):
+        sorted_p, order = probs[i].sort(descending=True)
+        before = sorted_p.cumsum(0) - sorted_p
+        keep = (before < float(top_p[i])) | (float(top_p[i]) >= 1.0)
+        keep[0] = True
+        out[i, order] = keep
+    return out
+
+
+def _near_boundary(logits: torch.Tensor, top_p: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Rows where float32 rounding could legitimately flip a token (mass before within 1e-6 of p)."""
+    probs = torch.softmax(logits.double() / temperature.double().unsqueeze(-1), dim=-1)
+    sorted_p = probs.sort(dim=-1, descending=True).values
+    before = sorted_p.cumsum(-1) - sorted_p
+    return ((before - top_p.double().unsqueeze(-1)).abs() < 1e-6).any(-1)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_nucleus_mask_equals_float64_full_sort(sync_free: bool) -> None:
+    g = torch.Generator().manual_seed(11)
+    scales = torch.tensor([0.01, 0.1, 0.5, 1, 2, 3, 5, 8, 20, 0.05, 1.5, 4])
+    rows = len(scales)
+    logits = torch.randn(rows, 3000, generator=g) * scales.unsqueeze(-1)
+    top_p = torch.tensor([0.8, 0.9, 0.5, 0.95, 0.8, 0.3, 0.99, 0.8, 0.6, 1.0, 0.7, 0.85])
+    temperature = torch.tensor([0.5, 1.0, 0.7, 1.0, 0.5, 2.0, 1.0, 0.5, 1.0, 1.0, 0.3, 1.0])
+    fast_k = 32
+    got = nucleus_mask(logits, top_p, temperature, fast_k=fast_k, sync_free=sync_free)
+    want = _nucleus_float64(logits, top_p, temperature)
+    ok = ~_near_boundary(logits, top_p, temperature)
+    assert bool(ok.all())  # this seed has no row where float32 rounding may decide
+    assert torch.equal(got[ok], want[ok])
+    # the data has rows the top-k covers and rows it does not (those need the full sort)
+    probs = torch.softmax(logits.double() / temperature.double().unsqueeze(-1), -1)
+    covered = probs.topk(fast_k, -1).values.sum(-1) >= top_p.double()
+    assert bool(covered.any()) and bool((~covered & (top_p < 1)).any())
+    assert int(want[~covered].sum(-1).min()) > fast_k
+
+
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError):
         LinearAlignmentConfig("  ")
@@ -91,30 +172,5 @@ def test_config_rejects_bad_values() -> None:
         LinearAlignmentConfig("p", strength=-1)
     with pytest.raises(ValueError):
         LinearAlignmentConfig("p", plausibility_top_p=0)
-
-
-def test_top_k_top_p_and_greedy() -> None:
-    logits = torch.tensor([1.0, 3.0, 2.0, 0.0])
-    assert torch.isinf(apply_top_k(logits, 2)[[0, 3]]).all()
-    assert not torch.isinf(apply_top_k(logits, 2)[[1, 2]]).any()
-    kept = ~torch.isinf(apply_top_p(logits, 0.5))
-    assert kept.tolist() == [False, True, False, False]
-    assert select_token(logits, SamplingParams(temperature=0.0), None) == 1
-
-
-def test_seeded_sampling_is_reproducible_and_respects_top_k() -> None:
-    logits = torch.zeros(100)
-    params = SamplingParams(temperature=1.0, top_k=5, seed=7)
-    logits[:5] = 1.0
-    a = [select_token(logits, params, make_generator(7)) for _ in range(3)]
-    gen1, gen2 = make_generator(7), make_generator(7)
-    seq1 = [select_token(logits, params, gen1) for _ in range(20)]
-    seq2 = [select_token(logits, params, gen2) for _ in range(20)]
-    assert seq1 == seq2 and len(set(a)) == 1
-    assert all(t < 5 for t in seq1)
-
-
-def test_tiny_temperature_is_greedy_not_nan() -> None:
-    logits = torch.tensor([1.0, 3.0, 2.0, -50.0])
-    for t in (1e-300, 1e-8):
-        assert select_token(logits, SamplingParams(temperature=t, seed=1), make_generator(1)) == 1
+    with pytest.raises(ValueError):
+        LinearAlignmentConfig("p", sampling="paper")  # type: ignore[arg-type]

@@ -7,14 +7,17 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.store.api_keys import ApiKeyStore
 from service.store.profiles import ProfileStore
 
+from .server_proc import ServerProc, start_server
 from .test_store import assert_concurrent_writers_get_distinct_versions
 
 pytestmark = pytest.mark.slow
@@ -74,3 +77,74 @@ def test_profiles_on_postgres(pg_url: str) -> None:
 
 def test_concurrent_writers_get_distinct_versions(pg_url: str) -> None:
     assert_concurrent_writers_get_distinct_versions(ProfileStore(pg_url))
+
+
+def _fresh_database(pg_url: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_two_replicas_share_one_postgres(pg_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Two real server processes, started together on an empty database (both migrate it), write
+    versions of the same profiles concurrently: every acknowledged write is stored once, under the
+    version it was acknowledged with, and each name's versions run 1..n without a gap."""
+    url = _fresh_database(pg_url, "replicas")
+    servers: list[ServerProc] = []
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        home = tmp_path / f"replica{i}"
+        home.mkdir()
+        try:
+            servers.append(start_server(home, tiny_model_dir, extra=["--db-url", url, "--reward-model", "none"]))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    starters = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for t in starters:
+        t.start()
+    for t in starters:
+        t.join(120)
+    try:
+        assert not errors and len(servers) == 2, errors
+        acked: list[tuple[str, int, str]] = []
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def writer(srv: ServerProc, w: int) -> None:
+            with httpx.Client(base_url=srv.base, timeout=30) as c:
+                for i in range(12):
+                    name = ("shared", "other")[i % 2]
+                    principle = f"{srv.base} writer {w} write {i}"
+                    r = c.post("/profiles", json={"name": name, "principle": principle})
+                    with lock:
+                        statuses.append(r.status_code)
+                        if r.status_code == 201:
+                            acked.append((name, r.json()["version"], principle))
+
+        threads = [threading.Thread(target=writer, args=(srv, w)) for srv in servers for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert statuses.count(201) == len(statuses) == 2 * 4 * 12, sorted(set(statuses))
+        store = ProfileStore(url)
+        for name in ("shared", "other"):
+            mine = sorted((v, p) for n, v, p in acked if n == name)
+            stored = [(r.version, r.spec["principle"]) for r in store.versions(name)]
+            assert stored == mine  # nothing lost, nothing duplicated, versions as acknowledged
+            assert [v for v, _ in stored] == list(range(1, len(stored) + 1))
+        # each replica reads what the other wrote
+        with httpx.Client(timeout=10) as c:
+            latest = {s.base: c.get(f"{s.base}/profiles/shared").json()["version"] for s in servers}
+        assert set(latest.values()) == {len([a for a in acked if a[0] == "shared"])}
+        store.close()
+    finally:
+        for srv in servers:
+            srv.proc.terminate()
+        for srv in servers:
+            srv.proc.wait(30)

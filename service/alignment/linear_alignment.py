@@ -19,15 +19,37 @@ from a divergence constraint; we offer that as ``adaptive``: choose ``r_t`` per 
 clipped to ``[0, max_strength]``. Where the two contexts agree (Var→0) the step is capped; where
 they disagree strongly the step shrinks — a trust region, as the paper's derivation intends.
 
-All functions are pure torch on ``[batch, vocab]`` float tensors; no I/O, no model.
+Sampling (``LinearAlignmentConfig.sampling``). The aligned logits are always ``l`` inside q's
+nucleus and ``-inf`` outside; what differs is the distribution a *sampled* request draws from:
+
+* ``"request"`` (default): the request's own temperature, top-k and top-p applied to the aligned
+  logits, exactly as for an unaligned request; ``plausibility_temperature`` only shapes the mask.
+* ``"authors"``: as in the released code, one temperature ``T = plausibility_temperature``
+  (officially 0.5) divides both the principle logits (for the mask) and the combined logits, and
+  the token is drawn from the masked ``softmax(l / T)``; the request's temperature only chooses
+  greedy (0) or sampled, its top-k/top-p are not applied.
+
+Greedy requests take the argmax of the aligned logits under both (dividing by T does not move it).
+The authors fall back to q's nucleus when the masked ``softmax(l/T)`` sums to 0; here the softmax is
+taken after masking, so that can only happen for a row with no finite aligned logit (``-inf``/NaN
+inputs): such a row, under either setting, draws from ``l_in`` restricted to the nucleus instead.
+
+All functions are pure torch on ``[batch, vocab]`` float tensors; no I/O, no model. Per-row settings
+travel as tensors (``AlignmentBatch``), built once per batch composition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from .sampling import nucleus_mask
+
+__all__ = ["AlignedStep", "AlignmentBatch", "LinearAlignmentConfig", "adaptive_strength", "combine_logits",
+           "linear_alignment_step", "nucleus_mask"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,7 @@ class LinearAlignmentConfig:
     plausibility_top_p: float = 0.8
     plausibility_temperature: float = 0.5
     placement: Literal["system", "user"] = "system"  # where the principle enters the context
+    sampling: Literal["request", "authors"] = "request"  # see the module docstring
 
     def __post_init__(self) -> None:
         if not self.principle.strip():
@@ -56,6 +79,8 @@ class LinearAlignmentConfig:
             raise ValueError("plausibility_top_p must be within (0, 1]")
         if self.plausibility_temperature <= 0.0:
             raise ValueError("plausibility_temperature must be > 0")
+        if self.sampling not in ("request", "authors"):
+            raise ValueError("sampling must be 'request' or 'authors'")
 
 
 def combine_logits(l_in: torch.Tensor, l_out: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
@@ -77,29 +102,34 @@ def adaptive_strength(
     return torch.minimum(r, max_strength.float())
 
 
-def nucleus_mask(logits: torch.Tensor, top_p: torch.Tensor, temperature: torch.Tensor,
-                 fast_k: int = 64) -> torch.Tensor:
-    """Boolean mask of the top-p nucleus of ``softmax(logits / T)`` per row.
+@dataclass(frozen=True)
+class AlignmentBatch:
+    """Per-row Linear Alignment settings of one batch composition, as device tensors."""
 
-    A token is kept when the probability mass strictly before it (in descending order) is below
-    ``top_p``; the most likely token is always kept. The nucleus is read from the ``fast_k`` most
-    likely tokens when they already hold ``top_p`` of the mass in every row (the usual case: a
-    full-vocabulary sort per decoding step is the expensive part), else from a full sort; both
-    paths give the same mask.
-    """
-    probs = torch.softmax(logits.float() / temperature.float().unsqueeze(-1), dim=-1)
-    p = top_p.float().unsqueeze(-1)
-    k = min(fast_k, probs.shape[-1])
-    top_probs, order = probs.topk(k, dim=-1)
-    covered = top_probs.sum(-1, keepdim=True) >= p
-    if not bool(covered.all()):
-        top_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = top_probs.cumsum(-1) - top_probs
-    keep_sorted = mass_before < p
-    keep_sorted[..., 0] = True
-    mask = torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
-    mask.scatter_(-1, order, keep_sorted)
-    return mask
+    size: int
+    strength: torch.Tensor  # [batch] float32
+    adaptive: torch.Tensor  # [batch] bool
+    kl_budget: torch.Tensor
+    max_strength: torch.Tensor
+    top_p: torch.Tensor  # plausibility nucleus
+    temperature: torch.Tensor  # plausibility temperature
+    any_adaptive: bool  # host flag: skip the variance pass when no row is adaptive
+
+    @classmethod
+    def build(cls, configs: Sequence[LinearAlignmentConfig], device: torch.device | str) -> AlignmentBatch:
+        def col(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        return cls(
+            size=len(configs),
+            strength=col([c.strength for c in configs]),
+            adaptive=torch.tensor([c.adaptive for c in configs], dtype=torch.bool, device=device),
+            kl_budget=col([c.kl_budget for c in configs]),
+            max_strength=col([c.max_strength for c in configs]),
+            top_p=col([c.plausibility_top_p for c in configs]),
+            temperature=col([c.plausibility_temperature for c in configs]),
+            any_adaptive=any(c.adaptive for c in configs),
+        )
 
 
 @dataclass
@@ -109,26 +139,24 @@ class AlignedStep:
 
 
 def linear_alignment_step(
-    l_in: torch.Tensor, l_out: torch.Tensor, configs: list[LinearAlignmentConfig]
+    l_in: torch.Tensor, l_out: torch.Tensor, la: AlignmentBatch | Sequence[LinearAlignmentConfig],
+    sync_free: bool | None = None,
 ) -> AlignedStep:
-    """Apply Linear Alignment to a batch of rows, each with its own settings."""
-    if l_in.shape != l_out.shape or l_in.shape[0] != len(configs):
-        raise ValueError("l_in, l_out and configs must agree on batch size")
-    dev = l_in.device
-
-    def col(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=dev)
-
-    fixed = col([c.strength for c in configs])
-    strength = fixed
-    if any(c.adaptive for c in configs):  # decided on the host: no device sync per step
-        adaptive = torch.tensor([c.adaptive for c in configs], device=dev)
-        r_adapt = adaptive_strength(
-            l_in, l_out, col([c.kl_budget for c in configs]), col([c.max_strength for c in configs])
-        )
-        strength = torch.where(adaptive, r_adapt, fixed)
-    combined = combine_logits(l_in, l_out, strength)
-    mask = nucleus_mask(
-        l_in, col([c.plausibility_top_p for c in configs]), col([c.plausibility_temperature for c in configs])
-    )
-    return AlignedStep(logits=combined.masked_fill(~mask, float("-inf")), strength=strength)
+    """Apply Linear Alignment to a batch of rows, each with its own settings. ``sync_free`` (default:
+    on accelerators) never reads the device; on CPU reading is free and skips work."""
+    params = la if isinstance(la, AlignmentBatch) else AlignmentBatch.build(la, l_in.device)
+    if l_in.shape != l_out.shape or l_in.shape[0] != params.size:
+        raise ValueError("l_in, l_out and the settings must agree on batch size")
+    strength = params.strength
+    if params.any_adaptive:
+        r_adapt = adaptive_strength(l_in, l_out, params.kl_budget, params.max_strength)
+        strength = torch.where(params.adaptive, r_adapt, params.strength)
+    if sync_free is None:
+        sync_free = l_in.device.type != "cpu"
+    mask = nucleus_mask(l_in, params.top_p, params.temperature, sync_free=sync_free)
+    aligned = combine_logits(l_in, l_out, strength).masked_fill_(~mask, float("-inf"))
+    # A row with no finite aligned logit (its amax is -inf or NaN) draws from q's nucleus instead.
+    dead = ~(aligned.amax(dim=-1, keepdim=True) > float("-inf"))
+    if sync_free or bool(dead.any()):
+        aligned = torch.where(dead, l_in.float().masked_fill(~mask, float("-inf")), aligned)
+    return AlignedStep(logits=aligned, strength=strength)

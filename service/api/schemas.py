@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from ..domain.profile_spec import (  # noqa: F401  (re-exported: the API's request bodies use them)
     MAX_EXAMPLE,
@@ -18,6 +18,10 @@ from ..domain.profile_spec import (  # noqa: F401  (re-exported: the API's reque
     ProfileSpec,
     Strict,
 )
+from ..store.profiles import MAX_REF_CHARS, REF_PATTERN
+
+# A stored profile reference, bounded before it reaches the store (which checks the version's range).
+ProfileRef = Annotated[str, StringConstraints(max_length=MAX_REF_CHARS, pattern=REF_PATTERN)]
 
 
 class ProfileCreate(ProfileSpec):
@@ -72,7 +76,7 @@ class ChatMessage(Strict):
 class GenerateRequest(Strict):
     prompt: str | None = Field(None, max_length=MAX_TEXT)
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=256)
-    profile: str | ProfileSpec | None = Field(
+    profile: ProfileRef | ProfileSpec | None = Field(
         None, description="a stored profile ('name' or 'name@version') or an inline profile"
     )
     max_tokens: int | None = Field(None, ge=1, description="default: min(128, the server's limit)")
@@ -157,7 +161,7 @@ class ScoreRequest(Strict):
         "profile's heads patched (needs a stored profile); 'reward_model': the English reward model's "
         "scalar reward (any language; rubric and profile do not apply)")
     rubric: str | None = Field(None, max_length=MAX_PRINCIPLE)
-    profile: str | ProfileSpec | None = None
+    profile: ProfileRef | ProfileSpec | None = None
 
     @field_validator("responses")
     @classmethod

@@ -9,13 +9,15 @@ the alignment/language report are therefore the same for all of them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..alignment.sampling import SamplingParams
@@ -27,7 +29,7 @@ from ..scheduling.worker import WorkerStopped
 from .bridge import LoopBridge
 from .errors import ClientGone, DomainError, InvalidInput, Overloaded, Timeout, TooLarge, Unavailable
 from .planning import alignment_for
-from .profile_spec import ProfileSpec
+from .profile_spec import LASettings, ProfileSpec
 from .profiles import ResolvedProfile
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ class GenerateCommand:
     stop: tuple[str, ...] = ()
     steer_strength: float | None = None
     ignore_eos: bool = False
+    la_overrides: Mapping[str, Any] = field(default_factory=dict)  # LASettings fields replacing the profile's
     route: str = "/generate"  # the metrics label of the API that asked
 
 
@@ -102,6 +105,20 @@ def alignment_applied(profile: ResolvedProfile, alignment: AlignmentSpec,
                             strength_mode="adaptive" if la.adaptive else "fixed",
                             mean_strength=result.mean_strength if result else None,
                             steered_heads=heads, steer_strength=steer)
+
+
+def with_la_overrides(profile: ResolvedProfile, overrides: Mapping[str, Any]) -> ResolvedProfile:
+    """The resolved profile with some Linear Alignment settings replaced for this request only."""
+    if not overrides:
+        return profile
+    if profile.spec is None:
+        raise InvalidInput("invalid_request", "Linear Alignment overrides need a profile (the principle comes "
+                           "from it)", param="la")
+    try:
+        la = LASettings.model_validate({**profile.spec.la.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise InvalidInput("invalid_request", f"la: {exc.errors()[0]['msg']}", param="la") from None
+    return dataclasses.replace(profile, spec=profile.spec.model_copy(update={"la": la}))
 
 
 def rejected(exc: RequestRejected) -> DomainError:
@@ -165,6 +182,7 @@ class Generations:
                                param="max_tokens")
         engine = self.rt.require_model().engine
         resolved = await run_in_threadpool(self.rt.profiles.resolve, cmd.profile, engine)
+        resolved = with_la_overrides(resolved, cmd.la_overrides)
         spec = resolved.spec
         prompt_language = None
         if spec is not None and spec.enforce_language:

@@ -36,12 +36,16 @@ class LASettings(Strict):
     plausibility_temperature: float = Field(0.5, ge=0.01, le=10.0)
     placement: Literal["system", "user"] = Field(
         "system", description="principle appended to the system message, or put before the last user message")
+    sampling: Literal["request", "authors"] = Field(
+        "request", description="sampled requests: the request's temperature/top-k/top-p on the aligned logits, or "
+        "the authors' code: one temperature (plausibility_temperature) for mask and draw, no top-k/top-p")
 
     def to_config(self, principle: str) -> LinearAlignmentConfig:
         return LinearAlignmentConfig(
             principle=principle, strength=self.strength, adaptive=self.adaptive, kl_budget=self.kl_budget,
             max_strength=self.max_strength, plausibility_top_p=self.plausibility_top_p,
             plausibility_temperature=self.plausibility_temperature, placement=self.placement,
+            sampling=self.sampling,
         )
 
 

@@ -10,6 +10,9 @@ Two runners share one interface: ``TransformersRewardModel`` (CPU or GPU, batche
 and ``VLLMRewardModel`` (vLLM's pooling runner, ``task="classify"`` with the activation off, in
 the same process as the generator and with its own share of GPU memory). Both keep their work
 off the request thread and bounded: ``submit`` raises ``Overloaded`` past ``max_pending``.
+Both watch their own liveness (``health``): an error that means the RM is gone (vLLM's engine
+core died, a poisoned CUDA context) fails it for good — ``/score`` with the RM answers 503,
+``/readyz`` reports it, and the generator keeps serving.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from ..engines.base import Message
 from ..engines.chat import encode_chat
+from ..scheduling.health import EngineHealth, EngineOutOfMemory, describe, is_fatal, is_out_of_memory
 from ..scheduling.worker import Overloaded
 
 DEFAULT_TOKENS_PER_BATCH = 8192
@@ -54,9 +58,13 @@ def length_batches(lengths: Sequence[int], tokens_per_batch: int) -> list[list[i
     return batches
 
 
+RM_UNAVAILABLE = "reward_model_unavailable"
+
+
 class RewardModelRunner(Protocol):
     name: str  # what /score reports as the model
     max_length: int  # tokens the RM reads per conversation
+    health: EngineHealth  # dead for good once the RM's engine died
 
     def count_tokens(self, conversation: list[Message]) -> int: ...
 
@@ -89,9 +97,23 @@ class _Pending:
 
 
 class _Tokenized:
-    """Chat-template tokenisation shared by both runners (the RM's own template)."""
+    """Chat-template tokenisation shared by both runners (the RM's own template), and their
+    liveness bookkeeping."""
 
     tokenizer: Any
+    health: EngineHealth
+
+    def _check_alive(self) -> None:
+        if self.health.probe(self):
+            raise self.health.error(RM_UNAVAILABLE)
+
+    def _failure(self, exc: Exception) -> Exception:
+        if is_fatal(exc):
+            self.health.mark_dead(describe(exc))
+            return self.health.error(RM_UNAVAILABLE)
+        if is_out_of_memory(exc):
+            return EngineOutOfMemory(exc)
+        return exc
 
     def encode(self, conversation: list[Message]) -> list[int]:
         return encode_chat(self.tokenizer, conversation, generation_prompt=False)
@@ -111,6 +133,7 @@ class TransformersRewardModel(_Tokenized):
         from ..engines.transformers.engine import pick_device, pick_dtype
 
         self.name = name or path
+        self.health = EngineHealth("reward model")
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -168,12 +191,20 @@ class TransformersRewardModel(_Tokenized):
         return self._run(conversations, features=True)
 
     def submit(self, conversations: Sequence[list[Message]]) -> concurrent.futures.Future[list[float]]:
+        self._check_alive()
         self._pending.take()
         convs = list(conversations)
 
         def run() -> list[float]:
             try:
+                if self.health.dead:  # died while this call waited
+                    raise self.health.error(RM_UNAVAILABLE)
                 return self.rewards(convs)
+            except Exception as exc:
+                failure = self._failure(exc)
+                if failure is exc:
+                    raise
+                raise failure from exc
             finally:  # before the result is visible, so a caller that saw it can submit again
                 self._pending.release()
 
@@ -209,6 +240,7 @@ class VLLMRewardModel(_Tokenized):
 
         self.settings = settings or VLLMRewardSettings()
         self.name = name or path
+        self.health = EngineHealth("reward model")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"reward model {path} has no chat template")
@@ -250,12 +282,22 @@ class VLLMRewardModel(_Tokenized):
     def rewards(self, conversations: Sequence[list[Message]]) -> list[float]:
         return self.submit(conversations).result()
 
+    def health_error(self) -> str | None:
+        """vLLM's own flag: set within moments of its engine-core process exiting."""
+        return "the vLLM engine core is dead" if self.llm.errored else None
+
     def submit(self, conversations: Sequence[list[Message]]) -> concurrent.futures.Future[list[float]]:
+        self._check_alive()
         self._pending.take()
 
         async def run(convs: list[list[Message]]) -> list[float]:
             try:
                 return await self.arewards(convs)
+            except Exception as exc:
+                failure = self._failure(exc)
+                if failure is exc:
+                    raise
+                raise failure from exc
             finally:
                 self._pending.release()
 

@@ -37,7 +37,15 @@ from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import IntegrityError
 
 SCHEMA_VERSION = 1
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
+NAME_RE = re.compile(f"^{NAME_PATTERN}$")
+# The version column is a 32-bit INTEGER on PostgreSQL (and SQLite refuses ints past 64 bits):
+# a larger version can never exist, and passing it to the driver raises instead of matching nothing.
+MAX_VERSION = 2**31 - 1
+# ``name`` or ``name@version`` as the API accepts it (the bound the schema checks before the parser).
+REF_PATTERN = f"^{NAME_PATTERN}(@[0-9]{{1,10}})?$"
+MAX_REF_CHARS = 64 + 1 + 10
+_MIGRATION_LOCK = 0x616C_6967_6E73  # PostgreSQL advisory-lock key of schema migrations ("aligns")
 
 metadata = MetaData()
 profiles = Table(
@@ -84,8 +92,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         raise ValueError("profile names are 1-64 characters of a-z, 0-9, '_', '.', '-', starting alphanumeric")
     if not sep:
         return name, None
-    if not ver.isdigit() or int(ver) < 1:
-        raise ValueError("profile version must be a positive integer, as in name@3")
+    if not (ver.isascii() and ver.isdigit()) or len(ver) > 10 or not 1 <= int(ver) <= MAX_VERSION:
+        raise ValueError(f"profile version must be an integer from 1 to {MAX_VERSION}, as in name@3")
     return name, int(ver)
 
 
@@ -106,8 +114,13 @@ class ProfileStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        metadata.create_all(self.engine)
+        """Create the schema or check its version. Replicas starting together on an empty PostgreSQL
+        database would race to create the same tables (a duplicate-key error kills one of them), so
+        there the whole migration runs under one transaction-scoped advisory lock."""
         with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            metadata.create_all(conn)
             current = conn.execute(select(func.max(schema_migrations.c.version))).scalar()
             if current is None:
                 conn.execute(insert(schema_migrations).values(version=SCHEMA_VERSION, applied_at=time.time()))

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from ...alignment.linear_alignment import LinearAlignmentConfig, linear_alignment_step
-from ...alignment.sampling import make_generator, select_token
+from ...alignment.decoding import DecodePlan, DecodeRow, decode_step
+from ...alignment.linear_alignment import LinearAlignmentConfig
+from ...alignment.sampling import row_generator
 from ...alignment.spec import SteeringVector
 from ..base import (
     EngineStats,
@@ -162,7 +163,7 @@ class TransformersEngine:
                 principle_row = len(seqs)
                 seqs.append(principle)
                 steer_rows.append(req.alignment.steering)
-            gen = None if req.sampling.greedy else make_generator(req.sampling.seed)
+            gen = row_generator(req.sampling, self.device)  # on the logits' device
             lives.append(_Live(req, plain_row, principle_row, len(plain),
                                len(principle) if principle else None, gen, started))
 
@@ -180,64 +181,71 @@ class TransformersEngine:
         with hooks:
             logits, cache = self._forward(ids, mask, None, positions)
             next_pos = positions[:, -1] + 1
-            rows = torch.arange(n_streams, device=self.device)  # row index of each stream in the cache
+            streams = list(range(n_streams))  # stream id of each cache row (host copy: no syncs)
             hooks.phase = "decode"
+            active = list(lives)
+            plan, feed_at, feed_from = self._plan(active, streams)
             while True:
-                feed = torch.full((n_streams,), self.pad_id, dtype=torch.long, device=self.device)
-                self._step(lives, logits, rows, feed)
-                active = [lv for lv in lives if lv.finish is None]
-                if not active:
+                tokens = self._step(active, logits, plan)
+                still = [j for j, lv in enumerate(active) if lv.finish is None]
+                if not still:
                     break
-                keep_streams = sorted(
-                    s for lv in active for s in (lv.plain_row, lv.principle_row) if s is not None
-                )
-                if len(keep_streams) < int(rows.shape[0]):
-                    keep = torch.tensor([int((rows == s).nonzero()[0, 0]) for s in keep_streams],
-                                        device=self.device)
+                if len(still) < len(active):  # the batch changes: trim the cache, rebuild the plan
+                    tokens = tokens.index_select(0, torch.tensor(still, dtype=torch.long, device=self.device))
+                    active = [active[j] for j in still]
+                    live = {s for lv in active for s in (lv.plain_row, lv.principle_row) if s is not None}
+                    kept = [i for i, s in enumerate(streams) if s in live]
+                    keep = torch.tensor(kept, dtype=torch.long, device=self.device)
                     for layer in cache.layers:
                         layer.batch_select_indices(keep)  # type: ignore[union-attr]
-                    mask, next_pos, rows = mask[keep], next_pos[keep], rows[keep]
+                    mask, next_pos = mask[keep], next_pos[keep]
+                    streams = [streams[i] for i in kept]
                     hooks.select_rows(keep)
-                    self._running = len(keep_streams)
-                step_ids = feed[rows].unsqueeze(-1)
+                    self._running = len(streams)
+                    plan, feed_at, feed_from = self._plan(active, streams)
+                step_ids = torch.full((len(streams),), self.pad_id, dtype=torch.long, device=self.device)
+                step_ids.index_copy_(0, feed_at, tokens.index_select(0, feed_from))  # both streams of a pair
+                step_ids = step_ids.unsqueeze(-1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
                 logits, cache = self._forward(step_ids, mask, cache, next_pos.unsqueeze(-1))
                 next_pos = next_pos + 1
         return [self._result(lv) for lv in lives]
 
+    def _plan(self, active: list[_Live], streams: list[int]) -> tuple[DecodePlan, torch.Tensor, torch.Tensor]:
+        """Per-row tensors of the current batch (rebuilt only when a request leaves it), and which
+        cache row receives which request's token (both streams of an LA request get the same)."""
+        row_of = {s: i for i, s in enumerate(streams)}
+        plan = DecodePlan.build([
+            DecodeRow(row_of[lv.plain_row], None if lv.principle_row is None else row_of[lv.principle_row],
+                      lv.la, lv.req.sampling, lv.generator)
+            for lv in active], self.device)
+        at = [(row_of[s], j) for j, lv in enumerate(active) for s in (lv.plain_row, lv.principle_row)
+              if s is not None]
+        feed_at = torch.tensor([s for s, _ in at], dtype=torch.long, device=self.device)
+        feed_from = torch.tensor([j for _, j in at], dtype=torch.long, device=self.device)
+        return plan, feed_at, feed_from
+
     def stats(self) -> EngineStats:
         return EngineStats(running_sequences=self._running)
 
-    def _step(self, lives: list[_Live], logits: torch.Tensor, rows: torch.Tensor, feed: torch.Tensor) -> None:
-        """Choose one token for every unfinished request and record it in ``feed`` (by stream id)."""
-        row_of = {int(s): i for i, s in enumerate(rows.tolist())}
-        active = [lv for lv in lives if lv.finish is None]
-        la_lives = [lv for lv in active if lv.la is not None]
-        aligned: dict[int, tuple[torch.Tensor, float]] = {}
-        if la_lives:
-            l_in = logits[[row_of[lv.principle_row] for lv in la_lives]]  # type: ignore[index]
-            l_out = logits[[row_of[lv.plain_row] for lv in la_lives]]
-            step = linear_alignment_step(l_in, l_out, [lv.la for lv in la_lives])  # type: ignore[misc]
-            for j, lv in enumerate(la_lives):
-                aligned[id(lv)] = (step.logits[j], float(step.strength[j]))
+    def _step(self, active: list[_Live], logits: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
+        """Draw one token for every request of the plan (one host read per step) and record it."""
+        draw = decode_step(logits, plan)
+        tokens = draw.tokens.tolist()
+        strengths = iter(draw.strength.tolist())
         now = time.perf_counter()
-        for lv in active:
+        for lv, token in zip(active, tokens, strict=True):
+            r = next(strengths) if lv.la is not None else None
             if lv.req.cancelled.is_set():
                 lv.finish = "cancelled"
                 continue
-            if id(lv) in aligned:
-                row_logits, r = aligned[id(lv)]
+            if r is not None:
                 lv.strengths.append(r)
-            else:
-                row_logits = logits[row_of[lv.plain_row]]
-            token = select_token(row_logits, lv.req.sampling, lv.generator)
             if not lv.tokens:
                 lv.first_token_s = now - lv.started
             lv.tokens.append(token)
-            feed[lv.plain_row] = token
-            if lv.principle_row is not None:
-                feed[lv.principle_row] = token  # both streams receive the same token
             self._advance_text(lv, token)
+        return draw.tokens
 
     def _advance_text(self, lv: _Live, token: int) -> None:
         sp = lv.req.sampling

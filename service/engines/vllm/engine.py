@@ -240,7 +240,8 @@ class VLLMEngine:
             la_args = {"principle": la.principle, "strength": la.strength, "adaptive": la.adaptive,
                        "kl_budget": la.kl_budget, "max_strength": la.max_strength,
                        "plausibility_top_p": la.plausibility_top_p,
-                       "plausibility_temperature": la.plausibility_temperature, "placement": la.placement}
+                       "plausibility_temperature": la.plausibility_temperature, "placement": la.placement,
+                       "sampling": la.sampling}
             sampling = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
             base = {"pair": rid, "sampling": sampling}
             lead_tag = {**base, "role": "principle", "la": la_args}
@@ -305,6 +306,11 @@ class VLLMEngine:
 
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats)
+
+    def health_error(self) -> str | None:
+        """Dead or alive without traffic (the worker probes it; ``scheduling/health.py``): vLLM sets
+        ``errored`` as soon as its engine-core process is gone."""
+        return "the vLLM engine core is dead" if self.llm.errored else None
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         async def all_of() -> list[GenerationResult]:

@@ -2,7 +2,7 @@
 next to the generator in one process, and served over HTTP.
 
 Phases (run each in its own process so GPU memory is returned between them; results merge into
-``vllm_reward_<device>.json`` / ``.md``):
+``vllm_reward_<device>.json`` / ``.md``, each phase's command under ``commands``):
 - ``reference``: transformers ``AutoModelForSequenceClassification`` in float32 on the GPU scores
   the 36 cross-lingual pairs x 4 languages (288 conversations); per-language accuracy.
 - ``vllm32``: ``VLLMRewardModel`` in float32 on the same conversations: max |difference|, accuracy.
@@ -11,8 +11,8 @@ Phases (run each in its own process so GPU memory is returned between them; resu
 - ``http``: ``alignserve serve --backend vllm`` with the shipped RM; /score ``reward_model`` over
   HTTP against the reference, bad input, /metrics, SIGTERM.
 
-    PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 python3 -m bench.vllm_reward \\
-        --home /tmp/ahome --phases reference --out bench/results     # then vllm32, colocated, http
+``vllm32``, ``colocated`` and ``http`` compare with the scores of an earlier ``reference`` phase
+read back from the results JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,19 +27,64 @@ from typing import Any
 import httpx
 import torch
 
-from bench.vllm_gpu import device_name, request
-from bench.vllm_serve import start_server, stop_server, wait_ready
+from bench.harness import ServerProcess, read_results, vllm_engine
 from service.config import EMBEDDED_MODEL, Settings
 from service.reward.factory import resolve_reward_model
 from service.reward.reward_model import rm_conversation
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import DATA, GPU_PYTHON, provenance, request, write
+
 LANGS = ("en", "ja", "zh", "ko")
+PHASES = {
+    "reference": "transformers float32 RM scores (288 conversations), per-language accuracy",
+    "vllm32": "vLLM pooling runner float32 against the reference",
+    "colocated": "generator and RM in one process: throughput alone and together",
+    "http": "alignserve serve --backend vllm: /score reward_model against the reference",
+}
+DEFAULT = ("reference",)
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--home", default="/tmp/ahome", help="alignserve home with the pulled embedded model")
+    ap.add_argument("--concurrency", type=int, default=64, help="colocated: concurrent generations (default 64)")
+    ap.add_argument("--max-tokens", type=int, default=256, help="colocated: tokens per generation (default 256)")
+    ap.add_argument("--port", type=int, default=18093, help="http: server port (default %(default)s)")
+
+
+def run(args: argparse.Namespace, phases: list[str]) -> int:
+    settings = Settings(model=EMBEDDED_MODEL, reward_model="embedded", home=Path(args.home))
+    resolved = resolve_reward_model(settings)
+    if resolved is None:
+        raise SystemExit(f"no embedded reward model under {args.home}")
+    path, name = resolved
+    model = str(Path(args.home) / "models" / "qwen2.5-coder-0.5b-instruct" / "hf")
+    prov = provenance()
+    args.out.mkdir(parents=True, exist_ok=True)
+    res = read_results(args.out / f"vllm_reward_{prov.tag}.json")
+    res.update(reward_model=name)
+    for phase in phases:
+        t = time.perf_counter()
+        ref = res.get("reference", {}).get("scores")
+        if phase != "reference" and ref is None:
+            raise SystemExit(f"phase {phase} compares with the reference scores: run the reference phase first")
+        if phase == "reference":
+            res["reference"] = phase_reference(path)
+        elif phase == "vllm32":
+            res["vllm32"] = phase_vllm32(path, ref)
+        elif phase == "colocated":
+            res["colocated"] = phase_colocated(path, model, ref, args.concurrency, args.max_tokens)
+        else:
+            res["http"] = phase_http(args.home, ref, args.port, args.out)
+        print(f"[{phase}] {time.perf_counter() - t:.0f}s: "
+              f"{json.dumps({k: v for k, v in res[phase].items() if k != 'scores'})[:600]}", flush=True)
+        res.setdefault("commands", {})[phase] = prov.command
+    write(args.out, "vllm_reward", res, markdown(res, prov.device), prov)
+    return 0
 
 
 def conversations() -> list[list[dict[str, str]]]:
     """Per language, per item: chosen then rejected."""
-    items = json.loads((ROOT / "bench" / "data" / "cross_lingual_pairs.json").read_text())["items"]
+    items = json.loads((DATA / "cross_lingual_pairs.json").read_text())["items"]
     return [rm_conversation(it[lang][0], it[lang][k]) for lang in LANGS for it in items for k in (1, 2)]
 
 
@@ -94,10 +138,9 @@ def phase_vllm32(path: str, ref: list[float]) -> dict[str, Any]:
 
 
 def phase_colocated(path: str, model: str, ref: list[float], conc: int, max_tokens: int) -> dict[str, Any]:
-    from service.engines.vllm.engine import VLLMEngine, VLLMSettings
     from service.reward.reward_model import VLLMRewardModel, VLLMRewardSettings
 
-    gen = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.55, max_num_seqs=256))
+    gen = vllm_engine(model, gpu_memory_utilization=0.55, max_num_seqs=256)
     rm = VLLMRewardModel(path, VLLMRewardSettings(gpu_memory_utilization=0.15, dtype="bfloat16"))
     convs = conversations()
     reps = 4
@@ -139,14 +182,14 @@ def phase_colocated(path: str, model: str, ref: list[float], conc: int, max_toke
 
 
 def phase_http(home: str, ref: list[float], port: int, out: Path) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{port}"
-    items = json.loads((ROOT / "bench" / "data" / "cross_lingual_pairs.json").read_text())["items"]
-    proc = start_server(["--backend", "vllm", "--model", EMBEDDED_MODEL, "--home", home,
+    items = json.loads((DATA / "cross_lingual_pairs.json").read_text())["items"]
+    srv = ServerProcess(["--backend", "vllm", "--model", EMBEDDED_MODEL, "--home", home,
                          "--gpu-memory-utilization", "0.6", "--reward-gpu-memory-utilization", "0.15",
                          "--db-url", f"sqlite:///{out / 'vllm_reward.db'}"], port, out / "vllm_reward.server.log")
+    url = srv.url
     res: dict[str, Any] = {}
     try:
-        res["ready_s"] = round(wait_ready(url, proc, 900), 1)
+        res["ready_s"] = round(srv.wait_ready(900), 1)
         with httpx.Client(base_url=url, timeout=120) as c:
             res["readyz"] = c.get("/readyz").json()
             scores: list[float] = []
@@ -173,12 +216,12 @@ def phase_http(home: str, ref: list[float], port: int, out: Path) -> dict[str, A
             res["metrics_reward_count"] = next((ln.split()[-1] for ln in metrics.splitlines()
                                                 if ln.startswith("alignserve_reward_model_score_count")), None)
     finally:
-        res["shutdown"] = stop_server(proc)
+        res["shutdown"] = srv.stop()
     return res
 
 
-def markdown(res: dict[str, Any]) -> str:
-    lines = [f"# English reward model on vLLM — {res['device']}", "",
+def markdown(res: dict[str, Any], device: str) -> str:
+    lines = [f"# English reward model on vLLM — {device}", "",
              f"Reward model `{res['reward_model']}` (the shipped Bradley-Terry head, `service/reward/heads/`); "
              "288 conversations = 36 held-out pairs x en/ja/zh/ko (`bench/data/cross_lingual_pairs.json`).", ""]
     if "reference" in res:
@@ -211,53 +254,7 @@ def markdown(res: dict[str, Any]) -> str:
                   f"same preference {v['pairs_same_preference']}, accuracy {v['accuracy']}, "
                   f"{r['requests_per_s_sequential']} requests/s sequentially. Status codes: {r['status_codes']}; "
                   f"`alignserve_reward_model_score_count` {r['metrics_reward_count']}; SIGTERM {r['shutdown']}."]
-    lines += ["", "Reproduce (GPU host, after `bench/gpu/setup_vllm_host.sh`): `PYTHONPATH=$PWD:/tmp/site "
-              "VLLM_USE_FLASHINFER_SAMPLER=0 python3 -m bench.vllm_reward --home /tmp/ahome --phases P` for P in "
-              "reference, vllm32, colocated, http."]
+    lines += ["", f"Reproduce each phase P in its own process (reference, vllm32, colocated, http): `{GPU_PYTHON} "
+              "-m bench.vllm_bench reward P --home /tmp/ahome`; the commands of this file's phases are under "
+              "`commands` in its JSON."]
     return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--home", default="/tmp/ahome", help="alignserve home with the pulled embedded model")
-    ap.add_argument("--phases", default="reference", help="comma list: reference, vllm32, colocated, http")
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--port", type=int, default=18093)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = ap.parse_args()
-
-    settings = Settings(model=EMBEDDED_MODEL, reward_model="embedded", home=Path(args.home))
-    resolved = resolve_reward_model(settings)
-    assert resolved is not None
-    path, name = resolved
-    model = str(Path(args.home) / "models" / "qwen2.5-coder-0.5b-instruct" / "hf")
-    tag = "h100" if "H100" in device_name() else device_name().split()[0].lower()
-    args.out.mkdir(parents=True, exist_ok=True)
-    out_json = args.out / f"vllm_reward_{tag}.json"
-    res: dict[str, Any] = json.loads(out_json.read_text()) if out_json.is_file() else {}
-    res.update(device=device_name(), reward_model=name)
-    for phase in args.phases.split(","):
-        t = time.perf_counter()
-        ref = res.get("reference", {}).get("scores")
-        if phase == "reference":
-            res["reference"] = phase_reference(path)
-        elif phase == "vllm32":
-            res["vllm32"] = phase_vllm32(path, ref)
-        elif phase == "colocated":
-            res["colocated"] = phase_colocated(path, model, ref, args.concurrency, args.max_tokens)
-        elif phase == "http":
-            res["http"] = phase_http(args.home, ref, args.port, args.out)
-        else:
-            raise SystemExit(f"unknown phase {phase}")
-        print(f"[{phase}] {time.perf_counter() - t:.0f}s: "
-              f"{json.dumps({k: v for k, v in res[phase].items() if k != 'scores'})[:600]}", flush=True)
-        res.setdefault("commands", {})[phase] = "python3 -m bench.vllm_reward " + " ".join(sys.argv[1:])
-    out_json.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
-    md = markdown(res)
-    (args.out / f"vllm_reward_{tag}.md").write_text(md)
-    print(md)
-
-
-if __name__ == "__main__":
-    main()

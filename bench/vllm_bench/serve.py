@@ -1,14 +1,14 @@
 """`alignserve serve --backend vllm` end to end: the real server process, driven over HTTP.
 
-Two steps:
+Two phases, usually on two machines:
 
     # here (CPU, transformers engine): compile the French-answer Activation-RM profile into a DB
-    python bench/vllm_serve.py prepare --db /tmp/vllm_serve/profiles.db
+    python -m bench.vllm_bench serve prepare --db /tmp/vllm_serve/profiles.db
     # on the GPU host: start the vLLM-backed server on that DB and check the API, then load it
-    python bench/vllm_serve.py run --model /tmp/ahome/models/qwen2.5-coder-0.5b-instruct/hf \\
+    python -m bench.vllm_bench serve run --model /tmp/ahome/models/qwen2.5-coder-0.5b-instruct/hf \\
         --db /tmp/vllm_serve/profiles.db --out bench/results
 
-`run` checks, through HTTP only: plain, Linear-Alignment, steered (stored compiled profile) and
+``run`` checks, through HTTP only: plain, Linear-Alignment, steered (stored compiled profile) and
 streamed generations; /score with the judge and the Activation RM; a client that disconnects
 mid-stream (the engine must drop the request); bad input (4xx, never 5xx); the engine's stats on
 /metrics; then a load ramp (bench/load.py: half the requests with LA) with /metrics sampled
@@ -22,68 +22,49 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.harness import Provenance, ServerProcess, metric_values
+from bench.load import run as run_load
 
-from bench.load import run as run_load  # noqa: E402
+from .common import DATA, provenance, write
 
-FRENCH = ROOT / "bench" / "data" / "french_profile.json"
+FRENCH = DATA / "french_profile.json"
 PROMPTS = ["What is the capital of Italy?", "How do plants make food?", "Name a use of copper."]
+PHASES = {
+    "prepare": "compile the French profile into --db over HTTP (CPU, transformers engine)",
+    "run": "serve with --backend vllm on a copy of --db, check the API, load it, SIGTERM",
+}
+DEFAULT = ("run",)
+PORTS = {"prepare": 18090, "run": 18091}
 
 
-def start_server(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-format", "json", *args]
-    print("starting:", " ".join(cmd), flush=True)
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--db", type=Path, required=True,
+                    help="profile DB: written by prepare, copied (not modified) by run")
+    ap.add_argument("--model", default=None, help="run: HF model folder (required for run)")
+    ap.add_argument("--port", type=int, default=None, help="server port (default 18090 prepare, 18091 run)")
+    ap.add_argument("--levels", default="1,8,64", help="run: load concurrency levels (default %(default)s)")
+    ap.add_argument("--duration", type=float, default=45.0, help="run: seconds of load over all levels (default 45)")
+    ap.add_argument("--max-tokens", type=int, default=128, help="run: max_tokens under load (default %(default)s)")
+    ap.add_argument("--compare-transformers", action="store_true",
+                    help="run: repeat the load on the transformers backend")
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode} while loading")
-        try:
-            r = httpx.get(f"{url}/readyz", timeout=2)
-            if r.status_code == 200:
-                return time.monotonic() - t0
-            if r.status_code == 503 and r.json().get("status") == "failed":
-                raise SystemExit(f"model failed to load: {r.text}")
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"not ready after {timeout}s")
-
-
-def stop_server(proc: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, Any]:
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = None
-    return {"exit_code": code, "stop_s": round(time.monotonic() - t0, 2)}
-
-
-def metric_values(text: str, prefix: str = "alignserve_") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+def run(args: argparse.Namespace, phases: list[str]) -> int:
+    code = 0
+    for phase in phases:
+        port = args.port or PORTS[phase]
+        if phase == "prepare":
+            prepare(args.db, port)
+        else:
+            code = max(code, serve_run(args, port))
+    return code
 
 
 # ---- prepare (CPU) -------------------------------------------------------------------------
@@ -93,10 +74,9 @@ def prepare(db: Path, port: int) -> None:
     examples += [{"prompt": q, "response": en, "label": "bad"} for q, _, en in d["train"]]
     db.parent.mkdir(parents=True, exist_ok=True)
     log = db.with_suffix(".prepare.log")
-    proc = start_server(["--db-url", f"sqlite:///{db}"], port, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, 600)
+    with ServerProcess(["--db-url", f"sqlite:///{db}"], port, log) as srv:
+        url = srv.url
+        srv.wait_ready(600)
         body = {"name": "french", "rubric": d["rubric"],
                 "activation_rm": {"examples": examples, "num_heads": 16, "iterations": 30, "steer_strength": 4.0}}
         r = httpx.post(f"{url}/profiles", json=body, timeout=60)
@@ -112,8 +92,6 @@ def prepare(db: Path, port: int) -> None:
         if st["status"] != "succeeded":
             raise SystemExit(f"compile {st['status']}: {st.get('error')}")
         print(f"compiled in {time.monotonic() - t0:.0f}s into {db}")
-    finally:
-        stop_server(proc)
 
 
 # ---- run (GPU) -----------------------------------------------------------------------------
@@ -189,8 +167,8 @@ def api_checks(url: str, checks: Checks) -> None:
         for method in ("judge", "activation_rm"):
             body: dict[str, Any] = {"prompt": q, "responses": [en, fr], "method": method}
             body.update({"profile": "french"} if method == "activation_rm" else {"rubric": d["rubric"]})
-            r = c.post("/score", json=body)
-            checks.add(f"/score {method}", r.status_code == 200 and len(r.json()["scores"]) == 2, r.json())
+            resp = c.post("/score", json=body)
+            checks.add(f"/score {method}", resp.status_code == 200 and len(resp.json()["scores"]) == 2, resp.json())
         before = metric_values(c.get("/metrics").text)
         s = stream(c, {"prompt": "Count from 1 to 2000, one number per line.", "max_tokens": 1000}, stop_after=5)
         t0 = time.monotonic()
@@ -244,19 +222,10 @@ async def loaded(url: str, levels: list[int], duration: float,
     return result, peak
 
 
-def device_name() -> str:
-    try:
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except Exception:
-        return "unknown"
-
-
-def markdown(res: dict[str, Any]) -> str:
-    lines = [f"# `alignserve serve --backend vllm` end to end — {res['device']}", "",
+def markdown(res: dict[str, Any], prov: Provenance) -> str:
+    lines = [f"# `alignserve serve --backend vllm` end to end — {prov.device}", "",
              f"Model `{res['model']}`; server ready {res['ready_s']:.0f} s after start (vLLM load, compile, "
-             f"CUDA graphs). Reproduce: `{res['command']}` (after `{res['prepare']}` on any machine).", "",
+             f"CUDA graphs). Reproduce: `{prov.command}` (after `{res['prepare']}` on any machine).", "",
              "| check | ok | detail |", "|---|---|---|"]
     for r in res["checks"]:
         detail = json.dumps(r["detail"], ensure_ascii=False).replace("|", "/")
@@ -274,68 +243,37 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    url = f"http://127.0.0.1:{args.port}"
+def serve_run(args: argparse.Namespace, port: int) -> int:
+    if not args.model:
+        raise SystemExit("serve run needs --model (the HF folder the vLLM server loads)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "vllm_serve.server.log"
     db = out / "vllm_serve.profiles.db"  # a copy: the prepared DB stays as it was
     shutil.copyfile(args.db, db)
-    proc = start_server(["--backend", "vllm", "--model", args.model, "--db-url", f"sqlite:///{db}",
-                         "--max-num-seqs", "256", "--max-queue", "256", "--max-model-len", "4096"], args.port, log)
-    res: dict[str, Any] = {"device": device_name(), "model": args.model, "loads": {},
-                           "command": "python bench/vllm_serve.py " + " ".join(sys.argv[1:]),
-                           "prepare": "python bench/vllm_serve.py prepare --db DB"}
+    prov = provenance()
+    srv = ServerProcess(["--backend", "vllm", "--model", args.model, "--db-url", f"sqlite:///{db}",
+                         "--max-num-seqs", "256", "--max-queue", "256", "--max-model-len", "4096"], port, log)
+    url = srv.url
+    res: dict[str, Any] = {"model": args.model, "loads": {},
+                           "prepare": "python -m bench.vllm_bench serve prepare --db DB"}
     checks = Checks()
     try:
-        res["ready_s"] = wait_ready(url, proc, 900)
+        res["ready_s"] = srv.wait_ready(900)
         api_checks(url, checks)
         levels = [int(x) for x in args.levels.split(",")]
         result, peak = asyncio.run(loaded(url, levels, args.duration, args.max_tokens))
         res["loads"]["vllm"] = {"result": result, "peak": peak}
         print(json.dumps(res["loads"]["vllm"]["peak"]), flush=True)
     finally:
-        res["shutdown"] = stop_server(proc)
+        res["shutdown"] = srv.stop()
         res["checks"] = checks.rows
     if args.compare_transformers:
-        proc = start_server(["--backend", "transformers", "--model", args.model, "--db-url", f"sqlite:///{db}",
-                             "--max-batch-size", "64", "--max-queue", "256"], args.port,
-                            out / "vllm_serve.transformers.log")
-        try:
-            wait_ready(url, proc, 600)
+        with ServerProcess(["--backend", "transformers", "--model", args.model, "--db-url", f"sqlite:///{db}",
+                            "--max-batch-size", "64", "--max-queue", "256"], port,
+                           out / "vllm_serve.transformers.log") as srv:
+            srv.wait_ready(600)
             result, peak = asyncio.run(loaded(url, levels, args.duration, args.max_tokens))
             res["loads"]["transformers (same host, batch 64)"] = {"result": result, "peak": peak}
-        finally:
-            stop_server(proc)
-    tag = "h100" if "H100" in res["device"] else res["device"].split()[0].lower()
-    (out / f"vllm_serve_{tag}.json").write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
-    md = markdown(res)
-    (out / f"vllm_serve_{tag}.md").write_text(md)
-    print(md)
+    write(out, "vllm_serve", res, markdown(res, prov), prov)
     return 0 if all(r["ok"] for r in checks.rows) else 1
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="step", required=True)
-    p = sub.add_parser("prepare", help="compile the French profile into a DB (CPU, transformers engine)")
-    p.add_argument("--db", type=Path, required=True)
-    p.add_argument("--port", type=int, default=18090)
-    r = sub.add_parser("run", help="serve with --backend vllm on that DB, check the API, load it")
-    r.add_argument("--model", required=True, help="HF model folder")
-    r.add_argument("--db", type=Path, required=True, help="profile DB from `prepare` (copied, not modified)")
-    r.add_argument("--port", type=int, default=18091)
-    r.add_argument("--levels", default="1,8,64")
-    r.add_argument("--duration", type=float, default=45.0, help="seconds of load over all levels")
-    r.add_argument("--max-tokens", type=int, default=128)
-    r.add_argument("--compare-transformers", action="store_true", help="repeat the load on the transformers backend")
-    r.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    args = ap.parse_args()
-    if args.step == "prepare":
-        prepare(args.db, args.port)
-        return 0
-    return run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

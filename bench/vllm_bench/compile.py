@@ -7,15 +7,17 @@ One process, phases in order (the reference engine is freed before vLLM starts):
   a full compile (timed) and the held-out French-over-English accuracy of its profile.
 - ``vllm32``: ``VLLMEngine`` float32 (CUDA graphs on). The same captures (``engines/vllm/capture.py``,
   run inside the worker) and readout options, compared with the reference; a full compile through
-  the same code, timed, with heads in common and held-out accuracy; generation throughput alone and
-  while a compile runs; prefix-cache isolation of steered KV (``steer_tables.cache_salt``).
+  the same code, timed, with heads in common and held-out accuracy; prefix-cache isolation of
+  steered KV (``steer_tables.cache_salt``).
 - ``vllm16``: the serving default (bfloat16): compile time and held-out accuracy.
+- ``serving``: generation tokens/s alone and while a compile runs in another thread, for each
+  ``--caps`` bound on the compile's requests in flight (``VLLMSettings.compile_concurrency``).
 - ``http``: ``alignserve serve --backend vllm``: ``POST /profiles`` with the examples, job polled to
   success while ``/generate`` keeps answering, then ``/score activation_rm`` and steered
   ``/generate`` with the stored profile.
 
-    PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 python3 -m bench.vllm_compile \\
-        --model /tmp/ahome/models/qwen2.5-coder-0.5b-instruct/hf --out bench/results
+Writes ``<--name>_<device>.json`` and ``.md`` (default ``vllm_compile``) after the last phase;
+``vllm32`` compares with ``reference`` only when both run in the same process.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import argparse
 import asyncio
 import json
 import random
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,8 +35,7 @@ import httpx
 import torch
 
 from bench.arm_steering import load_profile, summarise
-from bench.vllm_gpu import device_name, free_gpu, request, write
-from bench.vllm_serve import start_server, stop_server, wait_ready
+from bench.harness import ServerProcess, free_gpu, transformers_engine, vllm_engine
 from service.alignment.spec import SteeringVector
 from service.engines.base import Engine
 from service.engines.chat import with_system
@@ -49,7 +49,54 @@ from service.reward.activation_rm import (
 )
 from service.reward.judge import YES_NO, judge_conversation
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import provenance, request, write
+
+PHASES = {
+    "reference": "transformers float32: captures, readout, timed compile, held-out accuracy",
+    "vllm32": "vLLM float32: the same against the reference, compile, prefix-cache isolation",
+    "vllm16": "vLLM bfloat16 (serving default): compile time and held-out accuracy",
+    "serving": "generation tok/s alone and during a compile, per compile_concurrency bound",
+    "http": "alignserve serve --backend vllm: POST /profiles job while /generate answers",
+}
+DEFAULT = ("reference", "vllm32", "vllm16", "serving", "http")
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", required=True, help="HF model folder")
+    ap.add_argument("--home", default="/tmp/ahome", help="http: alignserve home (default %(default)s)")
+    ap.add_argument("--caps", type=int, nargs="+", default=[0, 64, 16],
+                    help="serving: compile_concurrency values to measure (0 = unbounded; default 0 64 16)")
+    ap.add_argument("--name", default="vllm_compile", help="results file stem (the device tag is appended)")
+    ap.add_argument("--iterations", type=int, default=CompileSettings.iterations,
+                    help="REINFORCE iterations per compile (default %(default)s)")
+    ap.add_argument("--port", type=int, default=18093, help="http: server port (default %(default)s)")
+
+
+def run(args: argparse.Namespace, phases: list[str]) -> int:
+    rubric, train, test = load_profile()
+    inp = Inputs(rubric, train, test)
+    prov = provenance()
+    res: dict[str, Any] = {"train_examples": len(train), "held_out_pairs": len(test), "iterations": args.iterations}
+    ref = None
+    for phase in phases:
+        t = time.perf_counter()
+        print(f"== {phase}", flush=True)
+        if phase == "reference":
+            ref = phase_reference(args.model, inp, args.iterations)
+            res["reference"] = {k: ref[k] for k in ("compile_s", "held_out")}
+        elif phase == "vllm32":
+            res["vllm32"] = phase_vllm(args.model, inp, ref, args.iterations, "float32")
+        elif phase == "vllm16":
+            res["vllm16"] = phase_vllm(args.model, inp, None, args.iterations, "bfloat16")
+        elif phase == "serving":
+            res["serving"] = phase_serving(args.model, inp, args.iterations, args.caps)
+        else:
+            res["http"] = phase_http(args.model, args.home, inp, args.out, args.port, args.iterations)
+        print(json.dumps({phase: res.get(phase)}, default=str)[:2000], f"({time.perf_counter() - t:.0f}s)", flush=True)
+    write(args.out, args.name, res, markdown(res, prov.device), prov)
+    ok = res.get("http", {}).get("ok", True) is not False and \
+        res.get("vllm32", {}).get("cache_isolation", {}).get("ok", True) is not False
+    return 0 if ok else 1
 
 
 class Inputs:
@@ -105,10 +152,8 @@ def compare_acts(got: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 
 def phase_reference(model: str, inp: Inputs, iterations: int) -> dict[str, Any]:
-    from service.engines.transformers.engine import TransformersEngine
-
-    eng = TransformersEngine(model, device="cuda" if torch.cuda.is_available() else "cpu", dtype="float32",
-                             max_model_len=2048)
+    eng = transformers_engine(model, device="cuda" if torch.cuda.is_available() else "cpu", dtype="float32",
+                              max_model_len=2048)
     ctx, ends = capture_all(eng, inp)
     means = ctx.mean(0)
     readout = eng.open_readout(inp.queries)
@@ -200,9 +245,7 @@ def cache_isolation(eng: Any, compiled: CompiledARM) -> dict[str, Any]:
 
 
 def phase_serving(model: str, inp: Inputs, iterations: int, caps: list[int]) -> dict[str, Any]:
-    from service.engines.vllm.engine import VLLMEngine, VLLMSettings
-
-    eng = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.5, max_model_len=2048))
+    eng = vllm_engine(model, gpu_memory_utilization=0.5, max_model_len=2048)
     try:
         return {"dtype": "bfloat16", **serving_during_compile(eng, inp, iterations, caps)}
     finally:
@@ -211,10 +254,8 @@ def phase_serving(model: str, inp: Inputs, iterations: int, caps: list[int]) -> 
 
 
 def phase_vllm(model: str, inp: Inputs, ref: dict[str, Any] | None, iterations: int, dtype: str) -> dict[str, Any]:
-    from service.engines.vllm.engine import VLLMEngine, VLLMSettings
-
-    eng = VLLMEngine(model, VLLMSettings(dtype=dtype, gpu_memory_utilization=0.5, max_model_len=2048),
-                     default_system="You are a helpful assistant.")
+    eng = vllm_engine(model, "You are a helpful assistant.", dtype=dtype, gpu_memory_utilization=0.5,
+                      max_model_len=2048)
     res: dict[str, Any] = {"dtype": dtype}
     try:
         ctx, ends = capture_all(eng, inp)
@@ -247,15 +288,15 @@ def phase_vllm(model: str, inp: Inputs, ref: dict[str, Any] | None, iterations: 
 
 
 def phase_http(model: str, home: str, inp: Inputs, out: Path, port: int, iterations: int) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{port}"
     db = out / "vllm_compile.profiles.db"
     db.unlink(missing_ok=True)
-    proc = start_server(["--backend", "vllm", "--model", model, "--home", home, "--db-url", f"sqlite:///{db}",
+    srv = ServerProcess(["--backend", "vllm", "--model", model, "--home", home, "--db-url", f"sqlite:///{db}",
                          "--gpu-memory-utilization", "0.5", "--max-model-len", "2048"], port,
                         out / "vllm_compile.server.log")
+    url = srv.url
     res: dict[str, Any] = {}
     try:
-        res["ready_s"] = round(wait_ready(url, proc, 900), 1)
+        res["ready_s"] = round(srv.wait_ready(900), 1)
         examples = [{"prompt": e.prompt, "response": e.response, "label": "good" if e.good else "bad"}
                     for e in inp.train]
         with httpx.Client(base_url=url, timeout=120) as c:
@@ -296,15 +337,15 @@ def phase_http(model: str, home: str, inp: Inputs, out: Path, port: int, iterati
                                         "method": r.json().get("alignment", {}).get("method")}
             res["steered_generate"] = texts
     finally:
-        res["shutdown"] = stop_server(proc)
+        res["shutdown"] = srv.stop()
     res["ok"] = (res.get("job", {}).get("status") == "succeeded"
                  and res.get("generate_during_compile", {}).get("all_200", False))
     return res
 
 
-def markdown(res: dict[str, Any]) -> str:
+def markdown(res: dict[str, Any], device: str) -> str:
     r, v, b, h = res.get("reference", {}), res.get("vllm32", {}), res.get("vllm16", {}), res.get("http", {})
-    lines = [f"# Activation-RM compile on the vLLM engine — {res['device']}", "",
+    lines = [f"# Activation-RM compile on the vLLM engine — {device}", "",
              f"French-answer profile (`bench/data/french_profile.json`: {res['train_examples']} labelled examples; "
              f"held-out: {res['held_out_pairs']} French/English pairs), 16 heads, {res['iterations']} REINFORCE "
              "iterations, seed 0. Reference: the transformers engine in float32 on the same GPU.", ""]
@@ -370,48 +411,3 @@ def markdown(res: dict[str, Any]) -> str:
                   f"{json.dumps(h.get('steered_generate'), ensure_ascii=False)}",
                   f"- shutdown: {h.get('shutdown')}"]
     return "\n".join(lines) + "\n"
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF model folder")
-    ap.add_argument("--home", default="/tmp/ahome", help="alignserve home for the HTTP phase")
-    ap.add_argument("--phases", nargs="+", default=["reference", "vllm32", "vllm16", "serving", "http"],
-                    choices=["reference", "vllm32", "vllm16", "serving", "http"])
-    ap.add_argument("--caps", type=int, nargs="+", default=[0, 64, 16],
-                    help="serving phase: compile_concurrency values to measure (0 = unbounded)")
-    ap.add_argument("--name", default="vllm_compile", help="results file stem (the device tag is appended)")
-    ap.add_argument("--iterations", type=int, default=CompileSettings.iterations)
-    ap.add_argument("--port", type=int, default=18093)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = ap.parse_args()
-    rubric, train, test = load_profile()
-    inp = Inputs(rubric, train, test)
-    res: dict[str, Any] = {"device": device_name(), "train_examples": len(train), "held_out_pairs": len(test),
-                           "iterations": args.iterations,
-                           "command": "python3 -m bench.vllm_compile " + " ".join(sys.argv[1:])}
-    ref = None
-    for phase in args.phases:
-        t = time.perf_counter()
-        print(f"== {phase}", flush=True)
-        if phase == "reference":
-            ref = phase_reference(args.model, inp, args.iterations)
-            res["reference"] = {k: ref[k] for k in ("compile_s", "held_out")}
-        elif phase == "vllm32":
-            res["vllm32"] = phase_vllm(args.model, inp, ref, args.iterations, "float32")
-        elif phase == "vllm16":
-            res["vllm16"] = phase_vllm(args.model, inp, None, args.iterations, "bfloat16")
-        elif phase == "serving":
-            res["serving"] = phase_serving(args.model, inp, args.iterations, args.caps)
-        else:
-            res["http"] = phase_http(args.model, args.home, inp, args.out, args.port, args.iterations)
-        print(json.dumps({phase: res.get(phase)}, default=str)[:2000], f"({time.perf_counter() - t:.0f}s)", flush=True)
-    tag = "h100" if "H100" in res["device"] else res["device"].split()[0].lower()
-    write(args.out, f"{args.name}_{tag}", res, markdown(res))
-    ok = all(res.get(p, {}).get("ok", True) is not False for p in ("http",)) and \
-        res.get("vllm32", {}).get("cache_isolation", {}).get("ok", True) is not False
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,86 +1,78 @@
-"""vLLM engine on the GPU: equivalence with the transformers reference, a preemption stress run,
-and the throughput table (plain vLLM, +LA, +steering, +both, transformers reference).
+"""The vLLM engine on the GPU against the transformers reference: equivalence, stress, throughput.
 
-Usage (GPU host, after bench/gpu/setup_host.sh --no-serve):
-  python bench/vllm_gpu.py --model /tmp/ahome/models/qwen2.5-coder-0.5b-instruct/hf \
-      --phases equivalence,stress --out bench/results
-  python bench/vllm_gpu.py --model ... --phases throughput --out bench/results
-Writes vllm_<phase>_<device>.json and .md per phase and prints each table.
+Phases (each writes ``vllm_<phase>_<device>.json`` and ``.md``):
+- ``equivalence`` / ``equivalence_fp32``: greedy outputs of vLLM and the transformers engine
+  (bf16 / float32) for base, LA, steering and LA+steering; first divergences with the reference's
+  logit gap there (``vllm_equivalence_float32_*`` for the float32 run).
+- ``stress``: many LA requests at once on a small KV cache (preemption), strict pair checking.
+- ``throughput``: tokens/s, TTFT, ITL of stock vLLM, the glue engine (plain, LA, steering, both)
+  and the transformers engine, per concurrency level.
+- ``interleaved``: the headline ratios with drift removed (three engines share the GPU, workloads
+  alternate for several rounds).
+- ``breakdown``: where the glue's throughput goes (engines differing in one thing at a time).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.harness import free_gpu, transformers_engine, vllm_engine
 from service.alignment.linear_alignment import LinearAlignmentConfig
-from service.alignment.sampling import SamplingParams
-from service.alignment.spec import AlignmentSpec, SteeringVector
 from service.engines.base import GenerationRequest, GenerationResult
 from service.engines.transformers.engine import TransformersEngine
-from service.engines.vllm.engine import VLLMEngine, VLLMSettings
 
-DATA = Path(__file__).parent / "data"
-PRINCIPLE = "Answer like a pirate: colourful, short, and always mention the sea."
-WRITING = [
-    "Write a short story about a dragon who learns to cook.", "Explain how a hash map works.",
-    "Describe the water cycle for a ten-year-old.", "What are the pros and cons of remote work?",
-    "Give me three tips for writing clean Python code.", "Why is the sky blue?",
-    "Summarise the plot of Romeo and Juliet in three sentences.", "How do vaccines work?",
-]
-CUDAGRAPH_SIZES = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+from .common import CUDAGRAPH_SIZES, PRINCIPLE, device_name, prompts, request, steering_vectors, write
 
-
-def prompts(n: int) -> list[str]:
-    facts = [f[0] for f in json.loads((DATA / "facts.json").read_text())["facts"]]
-    multi = [p["prompt"] for p in json.loads((DATA / "multilingual_prompts.json").read_text())]
-    pool = WRITING + multi + facts
-    return pool[:n]
+PHASES = {
+    "equivalence": "greedy vLLM vs transformers reference, bfloat16",
+    "equivalence_fp32": "the same in float32",
+    "stress": "LA requests at once on a small KV cache (preemption), strict pair checks",
+    "throughput": "tok/s, TTFT, ITL: stock vLLM, glue engine variants, transformers engine",
+    "interleaved": "headline ratios, three engines alternating on one GPU",
+    "breakdown": "throughput of engines that differ in one thing at a time",
+}
+DEFAULT = ("equivalence", "stress", "throughput")
 
 
-def steering_vectors(hidden: int, head_dim: int) -> tuple[SteeringVector, ...]:
-    g = torch.Generator().manual_seed(7)
-    return (
-        SteeringVector(layer=12, vector=torch.randn(hidden, generator=g) * 0.6),
-        SteeringVector(layer=8, head=5, vector=torch.randn(head_dim, generator=g) * 2.0),
-    )
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", required=True, help="HF model folder (Qwen2 family for steering)")
+    ap.add_argument("--prompts", type=int, default=20, help="equivalence: prompts (default %(default)s)")
+    ap.add_argument("--max-tokens", type=int, default=48, help="equivalence: tokens per prompt (default %(default)s)")
+    ap.add_argument("--stress-requests", type=int, default=200, help="stress: requests (default %(default)s)")
+    ap.add_argument("--stress-blocks", type=int, default=256, help="stress: KV blocks of 16 tokens (default 256)")
+    ap.add_argument("--levels", default="1,8,64", help="throughput: concurrency levels (default %(default)s)")
+    ap.add_argument("--breakdown-levels", default="8,64", help="breakdown: concurrency levels (default %(default)s)")
+    ap.add_argument("--il-concurrency", type=int, default=64, help="interleaved: concurrency (default %(default)s)")
+    ap.add_argument("--il-rounds", type=int, default=3, help="interleaved: rounds after warm-up (default 3)")
+    ap.add_argument("--il-requests", type=int, default=768, help="interleaved: requests per run (default 768)")
+    ap.add_argument("--tp-tokens", type=int, default=128,
+                    help="throughput/interleaved/breakdown: output tokens per request (default %(default)s)")
 
 
-def request(i: int, text: str, max_tokens: int, la: LinearAlignmentConfig | None = None,
-            steer: tuple[SteeringVector, ...] = (), ignore_eos: bool = False,
-            on_token: Any = None) -> GenerationRequest:
-    return GenerationRequest(f"r{i}", [{"role": "user", "content": text}],
-                             SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos),
-                             AlignmentSpec(la=la, steering=steer), on_token=on_token)
-
-
-def device_name() -> str:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
-def free_gpu() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def write(out: Path, name: str, payload: dict[str, Any], md: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    md += (f"\nReproduce (GPU host, after `bench/gpu/setup_vllm_host.sh`):\n"
-           f"`PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 python3 {' '.join(sys.argv)}`\n")
-    (out / f"{name}.md").write_text(md)
-    print(md, flush=True)
+def run(args: argparse.Namespace, phases: list[str]) -> int:
+    levels = [int(x) for x in args.levels.split(",")]
+    for phase in phases:
+        if phase == "equivalence":
+            equivalence(args.model, args.out, args.prompts, args.max_tokens)
+        elif phase == "equivalence_fp32":
+            equivalence(args.model, args.out, args.prompts, args.max_tokens, dtype="float32")
+        elif phase == "stress":
+            stress(args.model, args.out, args.stress_requests, args.stress_blocks)
+        elif phase == "throughput":
+            throughput(args.model, args.out, levels, args.tp_tokens)
+        elif phase == "interleaved":
+            interleaved(args.model, args.out, args.il_concurrency, args.tp_tokens, args.il_rounds, args.il_requests)
+        elif phase == "breakdown":
+            breakdown(args.model, args.out, [int(x) for x in args.breakdown_levels.split(",")], args.tp_tokens)
+    return 0
 
 
 # ---- equivalence ------------------------------------------------------------------------------
@@ -125,7 +117,7 @@ def margin_at(ref: TransformersEngine, req: GenerationRequest, prefix: list[int]
 
 def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: str = "bfloat16") -> dict[str, Any]:
     texts = prompts(n_prompts)
-    ref = TransformersEngine(model, device="cuda", dtype=dtype, max_model_len=4096)
+    ref = transformers_engine(model, device="cuda", dtype=dtype, max_model_len=4096)
     steer = steering_vectors(ref.model.config.hidden_size, ref.head_dim)
     la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
     variants = {"base": (None, ()), "la_r3": (la, ()), "steering": (None, steer), "la_r3+steering": (la, steer)}
@@ -134,9 +126,9 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
     for name, (v_la, v_steer) in variants.items():  # batch of one: no padding in the reference
         ref_out[name] = [ref.generate([request(i, t, max_tokens, v_la, v_steer)])[0] for i, t in enumerate(texts)]
     print(f"reference done in {time.perf_counter() - t0:.0f}s", flush=True)
-    eng = VLLMEngine(model, VLLMSettings(max_model_len=4096, gpu_memory_utilization=0.5, dtype=dtype,
-                                          cudagraph_sizes=CUDAGRAPH_SIZES, strict_pairs=True))
-    rows = []
+    eng = vllm_engine(model, max_model_len=4096, gpu_memory_utilization=0.5, dtype=dtype,
+                      cudagraph_sizes=CUDAGRAPH_SIZES, strict_pairs=True)
+    rows: list[dict[str, Any]] = []
     for name, (v_la, v_steer) in variants.items():
         got = eng.generate([request(i, t, max_tokens, v_la, v_steer) for i, t in enumerate(texts)])
         exact, matched, total, divs = 0, 0, 0, []
@@ -167,15 +159,14 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
           "(small = a bf16 near-tie).\n",
           "| variant | identical | token match | first divergences (position: gap) | changed vs base (ref) |",
           "|---|---|---|---|---|"]
-    for r in rows:
+    for row in rows:
         dv = ", ".join(f"{d['position']}: {d['ref_logit_gap']:.3f}" if d["ref_logit_gap"] is not None
-                       else f"{d['position']}: length" for d in r["divergences"]) or "—"
-        md.append(f"| {r['variant']} | {r['identical']}/{r['prompts']} | {r['token_match_rate']:.3f} | {dv} | "
-                  f"{r['outputs_changed_vs_base_in_reference']} |")
-    payload = {"device": device_name(), "dtype": dtype, "max_tokens": max_tokens, "rows": rows,
-               "command": " ".join(sys.argv)}
+                       else f"{d['position']}: length" for d in row["divergences"]) or "—"
+        md.append(f"| {row['variant']} | {row['identical']}/{row['prompts']} | {row['token_match_rate']:.3f} | "
+                  f"{dv} | {row['outputs_changed_vs_base_in_reference']} |")
+    payload = {"dtype": dtype, "max_tokens": max_tokens, "rows": rows}
     suffix = "" if dtype == "bfloat16" else f"_{dtype}"
-    write(out, f"vllm_equivalence{suffix}_{slug()}", payload, "\n".join(md) + "\n")
+    write(out, f"vllm_equivalence{suffix}", payload, "\n".join(md) + "\n")
     return payload
 
 
@@ -183,9 +174,8 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
 def stress(model: str, out: Path, n: int, blocks: int) -> dict[str, Any]:
     rng = random.Random(0)
     texts = prompts(60)
-    eng = VLLMEngine(model, VLLMSettings(max_model_len=2048, gpu_memory_utilization=0.5, num_gpu_blocks=blocks,
-                                          max_num_batched_tokens=512, cudagraph_sizes=CUDAGRAPH_SIZES,
-                                          strict_pairs=True))
+    eng = vllm_engine(model, max_model_len=2048, gpu_memory_utilization=0.5, num_gpu_blocks=blocks,
+                      max_num_batched_tokens=512, cudagraph_sizes=CUDAGRAPH_SIZES, strict_pairs=True)
     reqs = []
     for i in range(n):
         body = " ".join(rng.sample(texts, rng.randrange(1, 6)))
@@ -199,20 +189,19 @@ def stress(model: str, out: Path, n: int, blocks: int) -> dict[str, Any]:
     preempt = _prom_total("vllm:num_preemptions")
     eng.close()
     free_gpu()
-    payload = {"device": device_name(), "requests": n, "kv_blocks": blocks, "block_tokens": 16,
+    payload = {"requests": n, "kv_blocks": blocks, "block_tokens": 16,
                "completed": len(done), "failed": len(failures), "errors": [repr(e) for e in failures[:5]],
-               "tokens": sum(r.completion_tokens for r in done), "wall_s": wall, "preemptions": preempt,
-               "command": " ".join(sys.argv)}
+               "tokens": sum(r.completion_tokens for r in done), "wall_s": wall, "preemptions": preempt}
     md = (f"# LA stress run — {n} Linear-Alignment requests at once, KV cache of {blocks} blocks x 16 tokens\n\n"
           f"Device: {device_name()}. Strict pair checking on (the scheduler raises if a pair ever differs "
           f"in output length or last token); every result also compared against its partner stream.\n\n"
           f"| completed | failed | generated tokens | wall s | preemptions |\n|---|---|---|---|---|\n"
           f"| {len(done)} | {len(failures)} | {payload['tokens']} | {wall:.1f} | {preempt} |\n")
-    write(out, f"vllm_stress_{slug()}", payload, md)
+    write(out, "vllm_stress", payload, md)
     return payload
 
 
-async def _gather(eng: VLLMEngine, reqs: list[GenerationRequest]) -> list[Any]:
+async def _gather(eng: Any, reqs: list[GenerationRequest]) -> list[Any]:
     return list(await asyncio.gather(*(eng.agenerate(r) for r in reqs), return_exceptions=True))
 
 
@@ -243,7 +232,7 @@ def _stats(token_times: list[list[float]], submits: list[float], wall: float) ->
             "ttft_p99_ms": pct(ttft, 99) * 1e3, "itl_p50_ms": pct(itl, 50) * 1e3, "itl_p99_ms": pct(itl, 99) * 1e3}
 
 
-async def _vllm_level(eng: VLLMEngine, make: Any, conc: int, n: int) -> dict[str, float]:
+async def _vllm_level(eng: Any, make: Any, conc: int, n: int) -> dict[str, float]:
     sem = asyncio.Semaphore(conc)
     times: list[list[float]] = [[] for _ in range(n)]
     submits = [0.0] * n
@@ -290,13 +279,13 @@ def throughput(model: str, out: Path, levels: list[int], max_tokens: int) -> dic
         print(f"{system:24s} c={c:3d} {s['tok_s']:9.1f} tok/s ttft p50 {s['ttft_p50_ms']:7.1f} ms "
               f"itl p50 {s['itl_p50_ms']:6.2f} ms", flush=True)
 
-    stock = VLLMEngine(model, VLLMSettings(glue=False, gpu_memory_utilization=0.5, cudagraph_sizes=CUDAGRAPH_SIZES))
+    stock = vllm_engine(model, glue=False, gpu_memory_utilization=0.5, cudagraph_sizes=CUDAGRAPH_SIZES)
     for c in levels:
         stock.call(_vllm_level(stock, maker(None, ()), c, min(8, n_for(c))))  # warm-up
         record("vllm (stock, async sched)", c, stock.call(_vllm_level(stock, maker(None, ()), c, n_for(c))))
     stock.close()
     free_gpu()
-    eng = VLLMEngine(model, VLLMSettings(gpu_memory_utilization=0.5, cudagraph_sizes=CUDAGRAPH_SIZES))
+    eng = vllm_engine(model, gpu_memory_utilization=0.5, cudagraph_sizes=CUDAGRAPH_SIZES)
     steer = steering_vectors(896 if eng.num_heads * eng.head_dim == 896 else eng.num_heads * eng.head_dim, eng.head_dim)
     for system, v_la, v_steer in (("vllm+glue plain", None, ()), ("vllm+LA", la, ()),
                                   ("vllm+steering", None, steer), ("vllm+LA+steering", la, steer)):
@@ -305,7 +294,7 @@ def throughput(model: str, out: Path, levels: list[int], max_tokens: int) -> dic
             record(system, c, eng.call(_vllm_level(eng, maker(v_la, v_steer), c, n_for(c))))
     eng.close()
     free_gpu()
-    ref = TransformersEngine(model, device="cuda", dtype="bfloat16", max_model_len=4096)
+    ref = transformers_engine(model, device="cuda", dtype="bfloat16", max_model_len=4096)
     for system, v_la in (("transformers", None), ("transformers+LA", la)):
         for c in levels:
             _ref_level(ref, maker(v_la, ()), c, min(2, n_for(c)))
@@ -329,9 +318,8 @@ def throughput(model: str, out: Path, levels: list[int], max_tokens: int) -> dic
                   f"{r['ttft_p99_ms']:.1f} | {r['itl_p50_ms']:.2f} | {r['itl_p99_ms']:.2f} |")
     md.append(f"\nRatios at concurrency {top} (same run):\n")
     md += [f"- {k}: **{v:.2f}x**" for k, v in ratios.items()]
-    payload = {"device": device_name(), "max_tokens": max_tokens, "rows": rows, "ratios": ratios,
-               "command": " ".join(sys.argv)}
-    write(out, f"vllm_throughput_{slug()}", payload, "\n".join(md) + "\n")
+    payload = {"max_tokens": max_tokens, "rows": rows, "ratios": ratios}
+    write(out, "vllm_throughput", payload, "\n".join(md) + "\n")
     return payload
 
 
@@ -342,18 +330,18 @@ def breakdown(model: str, out: Path, levels: list[int], max_tokens: int) -> dict
     la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
     rows: list[dict[str, Any]] = []
     common: dict[str, Any] = {"gpu_memory_utilization": 0.5, "cudagraph_sizes": CUDAGRAPH_SIZES}
-    engines: list[tuple[str, VLLMSettings, list[tuple[str, Any, bool]]]] = [
-        ("stock, async", VLLMSettings(glue=False, **common), [("plain", None, False)]),
-        ("stock, sync", VLLMSettings(glue=False, async_scheduling=False, **common), [("plain", None, False)]),
-        ("steerable arch, async, no pairing", VLLMSettings(pairing=False, **common),
+    engines: list[tuple[str, dict[str, Any], list[tuple[str, Any, bool]]]] = [  # name, VLLMSettings, workloads
+        ("stock, async", {"glue": False}, [("plain", None, False)]),
+        ("stock, sync", {"glue": False, "async_scheduling": False}, [("plain", None, False)]),
+        ("steerable arch, async, no pairing", {"pairing": False},
          [("plain", None, False), ("steering", None, True)]),
-        ("steerable arch, sync, no pairing", VLLMSettings(pairing=False, async_scheduling=False, **common),
+        ("steerable arch, sync, no pairing", {"pairing": False, "async_scheduling": False},
          [("plain", None, False)]),
-        ("full glue (sync)", VLLMSettings(**common),
+        ("full glue (sync)", {},
          [("plain", None, False), ("steering", None, True), ("LA", la, False)]),
     ]
     for name, settings, workloads in engines:
-        eng = VLLMEngine(model, settings)
+        eng = vllm_engine(model, **settings, **common)
         steer = steering_vectors(eng.num_heads * eng.head_dim, eng.head_dim)
         for wname, v_la, steered in workloads:
             def make(i: int, cb: Any, v_la: Any = v_la, vecs: Any = steer if steered else ()) -> GenerationRequest:
@@ -377,8 +365,8 @@ def breakdown(model: str, out: Path, levels: list[int], max_tokens: int) -> dict
         md.append(f"| {r['engine']} | {r['workload']} | {r['concurrency']} | {r['tok_s']:.0f} | "
                   f"{r['tok_s'] / base[r['concurrency']]:.2f}x | {r['itl_p50_ms']:.2f} | {r['itl_p99_ms']:.2f} | "
                   f"{r['ttft_p50_ms']:.1f} |")
-    payload = {"device": device_name(), "max_tokens": max_tokens, "rows": rows, "command": " ".join(sys.argv)}
-    write(out, f"vllm_breakdown_{slug()}", payload, "\n".join(md) + "\n")
+    payload = {"max_tokens": max_tokens, "rows": rows}
+    write(out, "vllm_breakdown", payload, "\n".join(md) + "\n")
     return payload
 
 
@@ -389,9 +377,9 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
     texts = prompts(40)
     la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
     common: dict[str, Any] = {"gpu_memory_utilization": 0.28, "cudagraph_sizes": CUDAGRAPH_SIZES}
-    engines = {"stock": VLLMEngine(model, VLLMSettings(glue=False, **common)),
-               "glue": VLLMEngine(model, VLLMSettings(**common)),
-               "steer-only": VLLMEngine(model, VLLMSettings(pairing=False, **common))}
+    engines = {"stock": vllm_engine(model, glue=False, **common),
+               "glue": vllm_engine(model, **common),
+               "steer-only": vllm_engine(model, pairing=False, **common)}
     steer = steering_vectors(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
     workloads = [("stock vLLM (async)", "stock", None, ()), ("glue: plain", "glue", None, ()),
                  ("glue: steering", "glue", None, steer), ("glue: LA", "glue", la, ()),
@@ -426,47 +414,7 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
         md.append(f"| {name} | {v['tok_s_median']:.0f} | {v['tok_s_min']:.0f}–{v['tok_s_max']:.0f} | "
                   f"{v['tok_s_median'] / base:.2f}x | {v['itl_p50_ms']:.2f} | {v['itl_p99_ms']:.2f} | "
                   f"{v['ttft_p50_ms']:.1f} |")
-    payload = {"device": device_name(), "concurrency": conc, "max_tokens": max_tokens, "requests_per_run": per_level,
-               "rounds": rounds, "summary": summary, "runs": runs, "command": " ".join(sys.argv)}
-    write(out, f"vllm_interleaved_{slug()}", payload, "\n".join(md) + "\n")
+    payload = {"concurrency": conc, "max_tokens": max_tokens, "requests_per_run": per_level,
+               "rounds": rounds, "summary": summary, "runs": runs}
+    write(out, "vllm_interleaved", payload, "\n".join(md) + "\n")
     return payload
-
-
-def slug() -> str:
-    name = device_name().lower()
-    return "h100" if "h100" in name else "h200" if "h200" in name else name.replace(" ", "_")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF model folder (Qwen2 family for steering)")
-    ap.add_argument("--phases", default="equivalence,stress,throughput")
-    ap.add_argument("--out", default="bench/results", type=Path)
-    ap.add_argument("--prompts", type=int, default=20)
-    ap.add_argument("--max-tokens", type=int, default=48, help="equivalence run")
-    ap.add_argument("--stress-requests", type=int, default=200)
-    ap.add_argument("--stress-blocks", type=int, default=256, help="KV blocks of 16 tokens in the stress run")
-    ap.add_argument("--levels", default="1,8,64")
-    ap.add_argument("--breakdown-levels", default="8,64")
-    ap.add_argument("--il-concurrency", type=int, default=64)
-    ap.add_argument("--il-rounds", type=int, default=3)
-    ap.add_argument("--il-requests", type=int, default=768, help="requests per interleaved run")
-    ap.add_argument("--tp-tokens", type=int, default=128, help="output tokens per request, throughput run")
-    a = ap.parse_args()
-    phases = a.phases.split(",")
-    if "equivalence" in phases:
-        equivalence(a.model, a.out, a.prompts, a.max_tokens)
-    if "equivalence_fp32" in phases:
-        equivalence(a.model, a.out, a.prompts, a.max_tokens, dtype="float32")
-    if "stress" in phases:
-        stress(a.model, a.out, a.stress_requests, a.stress_blocks)
-    if "throughput" in phases:
-        throughput(a.model, a.out, [int(x) for x in a.levels.split(",")], a.tp_tokens)
-    if "interleaved" in phases:
-        interleaved(a.model, a.out, a.il_concurrency, a.tp_tokens, a.il_rounds, a.il_requests)
-    if "breakdown" in phases:
-        breakdown(a.model, a.out, [int(x) for x in a.breakdown_levels.split(",")], a.tp_tokens)
-
-
-if __name__ == "__main__":
-    main()
