@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.harness import Provenance, bootstrap_ci, device_label, read_results, write_results
 from bench.preference_hack import BIASES, RUBRIC, dressed, load_items, plain, train_examples
 from service.config import EMBEDDED_MODEL, default_home
@@ -72,13 +74,24 @@ def hack_task(train_items: int, test_items: int, seed: int) -> tuple[str, list[L
     return RUBRIC, examples, splits
 
 
+def _readout(engine: Engine, convs: list[list[Message]], options: list[CompiledARM | None],
+             labels: tuple[str, str], chunk: int = 8) -> torch.Tensor:
+    """``[options, len(convs)]`` label probabilities, ``chunk`` conversations per readout (a
+    prefill keeps every position's logits: 8 conversations of a few hundred tokens are ~1.5 GB)."""
+    steering = [c.scoring_steering() if c else [] for c in options]
+    parts = []
+    for k in range(0, len(convs), chunk):
+        readout = engine.open_readout(convs[k:k + chunk])
+        parts.append(readout.label_probability(steering, labels))
+        readout.close()
+    return torch.cat(parts, dim=1)
+
+
 def scalar_scores(engine: Engine, pairs: list[Pair], rubric: str,
                   options: list[CompiledARM | None]) -> list[list[bool]]:
     """Per option, per pair: P(Yes | better) > P(Yes | worse)."""
     convs = [judge_conversation(p, r, rubric) for p, better, worse in pairs for r in (better, worse)]
-    readout = engine.open_readout(convs)
-    p = readout.label_probability([c.scoring_steering() if c else [] for c in options], YES_NO)
-    readout.close()
+    p = _readout(engine, convs, options, YES_NO)
     return [[bool(row[2 * i] > row[2 * i + 1]) for i in range(len(pairs))] for row in p]
 
 
@@ -89,9 +102,7 @@ def ranked_scores(engine: Engine, pairs: list[Pair], rubric: str,
     convs: list[list[Message]] = []
     for p, better, worse in pairs:
         convs += [ranked_conversation(p, better, worse, rubric), ranked_conversation(p, worse, better, rubric)]
-    readout = engine.open_readout(convs)
-    pa = readout.label_probability([c.scoring_steering() if c else [] for c in options], AB)
-    readout.close()
+    pa = _readout(engine, convs, options, AB)
     out = []
     for row in pa.tolist():
         first, second = row[0::2], row[1::2]
