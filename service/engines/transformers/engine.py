@@ -139,8 +139,10 @@ class TransformersEngine:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None,
                  positions: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        # logits_to_keep=1: only the last position's logits are read; the full [batch, tokens, vocab]
+        # tensor of a prefill is gigabytes (80 judge queries of ~200 tokens: ~10 GB in float32)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_kw: cache})
+                         logits_to_keep=1, **{self._cache_kw: cache})
         new_cache = out.cache if self._cache_kw == "cache" else out.past_key_values
         return out.logits[:, -1, :].float(), new_cache
 
