@@ -36,7 +36,7 @@ from service.reward.activation_rm import (
     LabelledExample,
     compile_activation_rm,
 )
-from service.reward.judge import judge_conversation
+from service.reward.judge import YES_NO, judge_conversation
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "data" / "french_profile.json"
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     convs = [judge_conversation(q, fr, rubric) for q, fr, _ in test] + [judge_conversation(q, en, rubric)
                                                                         for q, _, en in test]
     readout = engine.open_readout(convs)
-    p = readout.yes_probability([[]] + [c.scoring_steering() for c in profiles.values()])
+    p = readout.label_probability([[]] + [c.scoring_steering() for c in profiles.values()], YES_NO)
     readout.close()
     scoring = {"judge": summarise(p[0], n)}
     for k, (name, c) in enumerate(profiles.items()):

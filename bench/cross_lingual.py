@@ -57,7 +57,7 @@ from service.models.provision import resolve_model
 from service.reward.activation_rm import CompileSettings, LabelledExample, compile_activation_rm
 from service.reward.embedded_rm import SHIPPED_HEAD
 from service.reward.factory import resolve_reward_model
-from service.reward.judge import DEFAULT_RUBRIC, judge_conversation
+from service.reward.judge import DEFAULT_RUBRIC, YES_NO, judge_conversation
 from service.reward.reward_model import TransformersRewardModel, rm_conversation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -412,7 +412,7 @@ def main() -> None:
     convs = [judge_conversation(it[lang][0], it[lang][k], DEFAULT_RUBRIC) for lang in LANGS for it in items
              for k in (1, 2)]
     readout = engine.open_readout(convs)
-    p_yes = readout.yes_probability([[], arm.scoring_steering()])
+    p_yes = readout.label_probability([[], arm.scoring_steering()], YES_NO)
     readout.close()
     judge_s = time.perf_counter() - t
     n = len(items)

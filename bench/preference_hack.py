@@ -38,7 +38,7 @@ from service.reward.activation_rm import (
     compile_activation_rm,
 )
 from service.reward.factory import resolve_reward_model
-from service.reward.judge import judge_conversation
+from service.reward.judge import YES_NO, judge_conversation
 from service.reward.reward_model import TransformersRewardModel, rm_conversation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     readout = engine.open_readout(convs)
     names = ["judge", *compiled]
     options: list[list[Any]] = [[]] + [c.scoring_steering() for c in compiled.values()]
-    p_yes = readout.yes_probability(options)
+    p_yes = readout.label_probability(options, YES_NO)
     readout.close()
     score_s = time.perf_counter() - t0
     rm_name = None

@@ -56,7 +56,7 @@ from service.engines.base import Engine, GenerationRequest, Message
 from service.language.fidelity import LanguageDetector
 from service.reward.activation_rm import CompiledARM, CompileSettings, compile_activation_rm
 from service.reward.factory import resolve_reward_model
-from service.reward.judge import DEFAULT_RUBRIC, JUDGE_SYSTEM, judge_conversation
+from service.reward.judge import DEFAULT_RUBRIC, JUDGE_SYSTEM, YES_NO, judge_conversation
 from service.reward.reward_model import rm_conversation
 
 from .cross_lingual import english_examples
@@ -179,7 +179,7 @@ class Backend:
     def yes(self, convs: list[list[Message]], steering: tuple[SteeringVector, ...] = ()) -> list[float]:
         out: list[float] = []
         for k in range(0, len(convs), self.batch):
-            out += self.engine.yes_probability(convs[k:k + self.batch], steering)
+            out += self.engine.label_probability(convs[k:k + self.batch], YES_NO, steering)
         return out
 
     def close(self) -> None:

@@ -95,9 +95,9 @@ class CoreProcessEngine:
     def stats(self) -> Any:
         return self.inner.stats()
 
-    def yes_probability(self, *args: Any, **kwargs: Any) -> Any:
+    def label_probability(self, *args: Any, **kwargs: Any) -> Any:
         self._check()
-        return self.inner.yes_probability(*args, **kwargs)
+        return self.inner.label_probability(*args, **kwargs)
 
     def capture_head_activations(self, *args: Any, **kwargs: Any) -> Any:
         self._check()
@@ -152,7 +152,7 @@ class DyingBatchEngine:
             raise RuntimeError(CUDA_FAULT)
         return self.inner.generate(requests)
 
-    def yes_probability(self, *args: Any, **kwargs: Any) -> Any:
+    def label_probability(self, *args: Any, **kwargs: Any) -> Any:
         if self.die.is_set():
             raise RuntimeError(CUDA_FAULT)
-        return self.inner.yes_probability(*args, **kwargs)
+        return self.inner.label_probability(*args, **kwargs)

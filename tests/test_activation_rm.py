@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from service.reward.activation_rm import (
     selection_pool,
     selection_reward,
 )
-from service.reward.judge import GenerativeJudge, judge_conversation
+from service.reward.judge import YES_NO, GenerativeJudge, judge_conversation
 
 from .conftest import make_settings, open_client
 
@@ -81,21 +82,22 @@ def test_selection_finds_the_only_heads_that_matter_in_a_tiny_model(tiny_model_d
     means = 4.0 * torch.randn(engine.num_layers, engine.num_heads, d, generator=torch.Generator().manual_seed(0))
     queries = [judge_conversation(f"question {i}?", f"answer {i} " * (1 + i % 4), "Is it good?") for i in range(12)]
     readout = engine.open_readout(queries)
+    yes_no = partial(readout.label_probability, labels=YES_NO)
     mask = torch.zeros(engine.num_layers * engine.num_heads)
     for layer, h in planted:
         mask[layer * engine.num_heads + h] = 1
     singles = torch.eye(engine.num_layers * engine.num_heads)
-    effect = (readout.yes_probability([head_patches(means, m) for m in singles])
-              - readout.yes_probability([[]])).abs().amax(1)
+    effect = (readout.label_probability([head_patches(means, m) for m in singles], YES_NO)
+              - readout.label_probability([[]], YES_NO)).abs().amax(1)
     moves = {(i // engine.num_heads, i % engine.num_heads) for i in range(len(singles)) if effect[i] > 1e-3}
     assert moves == planted and float(effect.max()) > 0.1  # the set-up: only the planted heads matter
-    p = readout.yes_probability([[], head_patches(means, mask)])
+    p = readout.label_probability([[], head_patches(means, mask)], YES_NO)
     labels = p[1] > p[0]  # what the planted patch pushes toward: only those heads can get there
     assert 0 < int(labels.sum()) < len(queries) or bool((p[1] - p[0]).abs().min() > 1e-3)
     prompts = [f"question {i}?" for i in range(12)]
     # likelihood: labels = where the planted patch pushes P(Yes) up
     likelihood = selection_reward("likelihood", labels, prompts)
-    chosen, zero, patched = select_heads(readout.yes_probability, means, likelihood,
+    chosen, zero, patched = select_heads(yes_no, means, likelihood,
                                          ReinforceConfig(iterations=60, samples=4, seed=0), max_heads=4)
     ranked = {(i // engine.num_heads, i % engine.num_heads) for i in chosen}
     assert ranked == planted  # both, and nothing else (seeds 0-2 all give this)
@@ -105,11 +107,11 @@ def test_selection_finds_the_only_heads_that_matter_in_a_tiny_model(tiny_model_d
     # makes every readout identical), an order the unpatched model does not have
     one = torch.zeros_like(mask)
     one[2] = 1
-    p_one = readout.yes_probability([head_patches(means, one)])[0]
+    p_one = yes_no([head_patches(means, one)])[0]
     top = p_one > p_one.median()
     good, bad = preference_pairs(prompts, top)
     assert float(pair_accuracy(p[0], good, bad)) < 0.9 and float(pair_accuracy(p_one, good, bad)) == 1.0
-    chosen, zero, patched = select_heads(readout.yes_probability, means, selection_reward("ranking", top, prompts),
+    chosen, zero, patched = select_heads(yes_no, means, selection_reward("ranking", top, prompts),
                                          ReinforceConfig(iterations=60, samples=4, seed=0), max_heads=4)
     readout.close()
     ranked = {(i // engine.num_heads, i % engine.num_heads) for i in chosen}

@@ -13,6 +13,7 @@ from service.alignment.spec import AlignmentSpec, SteeringVector
 from service.engines.base import GenerationRequest, TokenEvent
 from service.engines.chat import with_principle, with_system
 from service.engines.transformers.engine import TransformersEngine
+from service.reward.judge import YES_NO
 
 PRINCIPLE = "Always answer in Japanese."
 Q = [{"role": "user", "content": "What is the capital of France?"}]
@@ -152,14 +153,14 @@ def test_steering_changes_output_and_zero_vector_does_not(tiny_engine: Transform
 
 def test_yes_probability_and_head_capture(tiny_engine: TransformersEngine) -> None:
     convs = [[{"role": "user", "content": "Is Paris in France?"}], [{"role": "user", "content": "hello"}]]
-    p = tiny_engine.yes_probability(convs)
+    p = tiny_engine.label_probability(convs, YES_NO)
     assert len(p) == 2 and all(0.0 < x < 1.0 for x in p)
     acts = tiny_engine.capture_head_activations(convs)
     assert acts.shape == (2, tiny_engine.num_layers, tiny_engine.num_heads, tiny_engine.head_dim)
     # replacing a head's output with its own captured activation leaves the readout unchanged
     same = [SteeringVector(layer=1, head=h, vector=acts[0, 1, h], position="last_prompt", replace=True)
             for h in range(tiny_engine.num_heads)]
-    assert tiny_engine.yes_probability(convs[:1], same)[0] == __import__("pytest").approx(p[0], abs=1e-5)
+    assert tiny_engine.label_probability(convs[:1], YES_NO, same)[0] == __import__("pytest").approx(p[0], abs=1e-5)
 
 
 def test_engine_is_safe_to_call_from_a_thread(tiny_engine: TransformersEngine) -> None:
@@ -194,12 +195,12 @@ def test_user_placement_changes_the_principle_stream(tiny_engine: TransformersEn
 
 def test_readout_session_matches_full_forward_and_capture_of_completions(tiny_engine: TransformersEngine) -> None:
     convs = [[{"role": "user", "content": "Is Paris in France?"}], [{"role": "user", "content": "a much longer hello"}]]
-    base = tiny_engine.yes_probability(convs)
+    base = tiny_engine.label_probability(convs, YES_NO)
     push = [SteeringVector(layer=0, head=0, vector=torch.full((tiny_engine.head_dim,), 3.0), position="last_prompt",
                            replace=True)]
-    pushed = tiny_engine.yes_probability(convs, push)
+    pushed = tiny_engine.label_probability(convs, YES_NO, push)
     readout = tiny_engine.open_readout(convs)
-    got = readout.yes_probability([[], push, []])
+    got = readout.label_probability([[], push, []], YES_NO)
     readout.close()
     assert got.shape == (3, 2)
     assert got[0].tolist() == pytest.approx(base, abs=1e-5)

@@ -86,7 +86,7 @@ def test_activation_rm_profile_moves_scores_and_generations_toward_french(engine
 
     from service.language.fidelity import LanguageDetector
     from service.reward.activation_rm import CompileSettings, LabelledExample, compile_activation_rm
-    from service.reward.judge import judge_conversation
+    from service.reward.judge import YES_NO, judge_conversation
 
     data = json.loads((Path(__file__).resolve().parents[1] / "bench" / "data" / "french_profile.json").read_text())
     train = [LabelledExample(q, fr, True) for q, fr, _ in data["train"]]
@@ -99,7 +99,7 @@ def test_activation_rm_profile_moves_scores_and_generations_toward_french(engine
     n = len(pairs)
     readout = engine.open_readout([judge_conversation(q, fr, data["rubric"]) for q, fr, _ in pairs]
                                   + [judge_conversation(q, en, data["rubric"]) for q, _, en in pairs])
-    p = readout.yes_probability([[], compiled.scoring_steering()])
+    p = readout.label_probability([[], compiled.scoring_steering()], YES_NO)
     readout.close()
     assert bool(((p >= 0) & (p <= 1)).all())
     gap = p[:, :n] - p[:, n:]  # [judge, ARM] x pairs: P(Yes | French) - P(Yes | English)

@@ -25,12 +25,12 @@ import torch
 from service.alignment.spec import SteeringVector
 from service.engines.chat import ChatPrompts
 from service.engines.decoder_layout import InvalidSteering, SteeringUnsupported
+from service.engines.labels import LabelTokens
 from service.engines.vllm.capture import pack
 from service.engines.vllm.engine import VLLMEngine, VLLMSettings, _VLLMReadout
 from service.engines.vllm.pairing import EXTRA_KEY
 from service.engines.vllm.steer_tables import steering_key
-
-YES, NO = 7, 8
+from service.reward.judge import YES_NO
 
 
 class FakeLLM:
@@ -62,7 +62,9 @@ class FakeLLM:
         try:
             await asyncio.sleep(0.002)
             p = self.p_yes(prompt["prompt_token_ids"], steer)
-            lp = {YES: types.SimpleNamespace(logprob=math.log(p)), NO: types.SimpleNamespace(logprob=math.log(1 - p))}
+            first, second = sp.logprob_token_ids  # the label tokens the engine asked for
+            lp = {first: types.SimpleNamespace(logprob=math.log(p)),
+                  second: types.SimpleNamespace(logprob=math.log(1 - p))}
             yield types.SimpleNamespace(outputs=[types.SimpleNamespace(logprobs=[lp])])
         finally:
             self.in_flight -= 1
@@ -92,7 +94,7 @@ def engine(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Iterator[VL
     eng.settings = VLLMSettings(compile_concurrency=3, steer_slots=3 * 2 + 1)
     eng.steer_capacity = 2
     eng._steer_users, eng._steer_cond = {}, None
-    eng.yes_id, eng.no_id = YES, NO
+    eng.label_tokens = LabelTokens(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
     eng.steerable = True
     eng.steering_info = [{"supported": True, "parallel": True, "capture": None}]
     eng.architecture = "Qwen2ForCausalLM"
@@ -118,7 +120,7 @@ def test_readout_bounds_requests_and_specs_in_flight(engine: VLLMEngine) -> None
     prompts = [[1] * n for n in range(2, 8)]
     options = [[], patch(0), patch(1), patch(2), patch(3)]
     readout = _VLLMReadout(engine, prompts)
-    got = readout.yes_probability(options)
+    got = readout.label_probability(options, YES_NO)
     fake: FakeLLM = engine.llm
     want = torch.tensor([[fake.p_yes(p, [{}] if o else None) for p in prompts] for o in options])
     torch.testing.assert_close(got, want)
@@ -129,7 +131,7 @@ def test_readout_bounds_requests_and_specs_in_flight(engine: VLLMEngine) -> None
 
     engine.settings.compile_concurrency = 0  # unbounded: every request of an option at once
     fake.peak = 0
-    readout.yes_probability([[], []])
+    readout.label_probability([[], []], YES_NO)
     assert fake.peak == 2 * len(prompts)
     with pytest.raises(ValueError, match="two tokens"):
         _VLLMReadout(engine, [[1]])
@@ -139,7 +141,7 @@ def test_scoring_with_generation_steering_is_salted_and_admitted(engine: VLLMEng
     fake: FakeLLM = engine.llm
 
     async def many() -> list[list[float]]:
-        return list(await asyncio.gather(*(engine._yes_probabilities([[1, 2, 3]], patch(h, "generated"))
+        return list(await asyncio.gather(*(engine._label_probabilities([[1, 2, 3]], (7, 8), patch(h, "generated"))
                                            for h in range(4))))
 
     out = engine.call(many())
@@ -188,7 +190,7 @@ def test_steering_is_refused_before_it_reaches_vllm(engine: VLLMEngine) -> None:
         with pytest.raises(InvalidSteering, match=msg):
             engine.generate([req(vec)])
         with pytest.raises(InvalidSteering, match=msg):
-            engine.yes_probability([[{"role": "user", "content": "hi"}]], [vec])
+            engine.label_probability([[{"role": "user", "content": "hi"}]], YES_NO, [vec])
     engine.steerable = False
     engine.steering_info = [{"supported": False, "reason": "no decoder layers found"}]
     with pytest.raises(SteeringUnsupported, match="Qwen2ForCausalLM") as info:

@@ -47,7 +47,7 @@ from service.reward.activation_rm import (
     fewshot_context,
     head_patches,
 )
-from service.reward.judge import judge_conversation
+from service.reward.judge import YES_NO, judge_conversation
 
 from .common import provenance, request, write
 
@@ -133,7 +133,7 @@ def compile_on(engine: Engine, inp: Inputs, iterations: int) -> tuple[CompiledAR
 
 
 def held_out(engine: Engine, inp: Inputs, compiled: CompiledARM) -> dict[str, Any]:
-    p = torch.tensor(engine.yes_probability(inp.held_out, compiled.scoring_steering()))
+    p = torch.tensor(engine.label_probability(inp.held_out, YES_NO, compiled.scoring_steering()))
     s = summarise(p, inp.pairs)
     return {"accuracy": round(float(s["accuracy"]), 3),  # type: ignore[arg-type]
             "logit_gap": round(float(s["logit_gap"]), 3)}  # type: ignore[arg-type]
@@ -157,7 +157,7 @@ def phase_reference(model: str, inp: Inputs, iterations: int) -> dict[str, Any]:
     ctx, ends = capture_all(eng, inp)
     means = ctx.mean(0)
     readout = eng.open_readout(inp.queries)
-    p = readout.yes_probability(inp.options(means))
+    p = readout.label_probability(inp.options(means), YES_NO)
     readout.close()
     compiled, wall = compile_on(eng, inp, iterations)
     res = {"contexts": ctx, "ends": ends, "readout": p, "compiled": compiled,
@@ -263,7 +263,7 @@ def phase_vllm(model: str, inp: Inputs, ref: dict[str, Any] | None, iterations: 
             res["capture_fewshot_contexts"] = compare_acts(ctx, ref["contexts"])
             res["capture_response_ends"] = compare_acts(ends, ref["ends"])
             readout = eng.open_readout(inp.queries)
-            p = readout.yes_probability(inp.options(ref["contexts"].mean(0)))
+            p = readout.label_probability(inp.options(ref["contexts"].mean(0)), YES_NO)
             res["readout_max_abs_diff_p_yes"] = round(float((p - ref["readout"]).abs().max()), 5)
             res["readout_options"], res["readout_queries"] = int(p.shape[0]), int(p.shape[1])
             res["readout_p_yes_range"] = [round(float(ref["readout"].min()), 3), round(float(ref["readout"].max()), 3)]

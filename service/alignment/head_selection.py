@@ -30,6 +30,12 @@ import torch
 
 @dataclass(frozen=True)
 class ReinforceConfig:
+    """REINFORCE settings. They differ from MTV's official code (``MTV/mtv_utils.py::reinforce``:
+    logits initialised to −1, Adam with lr 0.1 on the summed log-prob × normalised loss, 32 masks
+    per step, 600 steps of one zero-shot query each): here p starts at ``init_prob``, the update is
+    a plain step of ``lr`` on the mean over ``samples`` masks, and each step's reward is computed on
+    the caller's whole query pool. ``reward.activation_rm`` tabulates both and says why."""
+
     iterations: int = 40
     samples: int = 4  # masks drawn per iteration; their mean reward is the baseline
     lr: float = 0.5

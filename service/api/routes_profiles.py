@@ -11,7 +11,8 @@ from ..domain.errors import Conflict, InvalidInput, NotFound, Overloaded, TooLar
 from ..domain.generation import rejected
 from ..engines.base import RequestRejected
 from ..jobs.runner import COMPILE_KIND, examples_from_spec
-from ..reward.judge import judge_conversation, rubric_for
+from ..reward.activation_rm import longest_zero_shot_query
+from ..reward.judge import rubric_for
 from ..runtime import Runtime
 from ..store.jobs import JobQueueFull, JobRecord
 from ..store.profiles import ProfileConflict, ProfileRecord, parse_ref
@@ -27,7 +28,8 @@ def to_out(rt: Runtime, rec: ProfileRecord) -> ProfileOut:
     info = None
     if compiled is not None:
         i = compiled.info
-        info = CompiledInfo(heads=compiled.heads, steer_heads=compiled.steering_heads, model=i.get("model", ""),
+        info = CompiledInfo(heads=compiled.heads, steer_heads=compiled.steering_heads, format=compiled.format,
+                            model=i.get("model", ""),
                             examples=i.get("examples", 0),
                             zero_shot_accuracy=i.get("zero_shot_accuracy", 0.0),
                             patched_accuracy=i.get("patched_accuracy", 0.0),
@@ -57,8 +59,8 @@ def _check_example_lengths(rt: Runtime, spec: ProfileSpec) -> None:
             raise rejected(exc) from None
     rubric = rubric_for(spec.principle, spec.rubric)
     examples = examples_from_spec(spec.activation_rm.model_dump())
-    longest = max(examples, key=lambda e: len(e.prompt) + len(e.response))
-    size = engine.prompt_size(judge_conversation(longest.prompt, longest.response, rubric), None).plain
+    longest = longest_zero_shot_query(examples, rubric, spec.activation_rm.format)
+    size = engine.prompt_size(longest, None).plain
     if size + 1 >= engine.max_model_len:
         raise TooLarge("example_too_long", f"the longest example is about {size} tokens as a judge query; "
                        f"the model takes {engine.max_model_len}")

@@ -31,6 +31,7 @@ class ProfileCreate(ProfileSpec):
 class CompiledInfo(BaseModel):
     heads: list[tuple[int, int]] = Field(..., description="(layer, head) pairs patched for scoring, most useful first")
     steer_heads: list[tuple[int, int]] = Field(..., description="(layer, head) pairs steered during generation")
+    format: Literal["scalar", "ranked"] = Field("scalar", description="the Activation-RM scoring format compiled")
     model: str
     examples: int
     zero_shot_accuracy: float = Field(..., description="judge accuracy on the examples without patching")

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..alignment.linear_alignment import LinearAlignmentConfig
+from ..reward.activation_rm import MIN_RANKED_PAIRS, Format
 
 MAX_TEXT = 100_000
 MAX_PRINCIPLE = 4_000
@@ -73,6 +74,11 @@ class ActivationRMSettings(Strict):
     objective: Literal["ranking", "likelihood"] = Field(
         "ranking", description="head-selection reward: 'ranking' = good above bad responses of the same prompt "
         "(calibration-invariant); 'likelihood' = log-probability of the labels (Multimodal Task Vectors)")
+    format: Format = Field(
+        "scalar", description="judge format the heads are compiled and scored in: 'scalar' = Yes/No about one "
+        "response; 'ranked' = which of two responses (A or B) is better, compiled from chosen/rejected pairs "
+        f"(at least {MIN_RANKED_PAIRS}: pairs, or good and bad examples of the same prompt) and scored as each "
+        "response's mean win probability against the others, every comparison read in both orders")
     steer_strength: float = Field(
         4.0, ge=-50.0, le=50.0,
         description="generation steering in standard deviations of the examples along each head's direction; "
@@ -89,7 +95,20 @@ class ActivationRMSettings(Strict):
             raise ValueError("an activation reward model needs at least 4 labelled examples (pairs count twice)")
         if good == 0 or good == n:
             raise ValueError("examples need both labels: some 'good' and some 'bad'")
+        if self.format == "ranked" and self.ranked_pair_count() < MIN_RANKED_PAIRS:
+            raise ValueError(f"format 'ranked' needs at least {MIN_RANKED_PAIRS} chosen/rejected pairs (pairs, or "
+                             "'good' and 'bad' examples of the same prompt)")
         return self
+
+    def ranked_pair_count(self) -> int:
+        """Pairs a ranked compile gets: per prompt with both labels, max(goods, bads)."""
+        counts: dict[str, list[int]] = {}
+        for e in self.examples:
+            counts.setdefault(e.prompt, [0, 0])[0 if e.label == "good" else 1] += 1
+        for p in self.pairs:
+            c = counts.setdefault(p.prompt, [0, 0])
+            c[0], c[1] = c[0] + 1, c[1] + 1
+        return sum(max(g, b) for g, b in counts.values() if g and b)
 
 
 class ProfileSpec(Strict):

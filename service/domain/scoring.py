@@ -20,6 +20,7 @@ from ..engines.base import RequestRejected
 from ..reward import Scorer
 from ..reward.activation_rm import ActivationRMScorer
 from ..reward.judge import GenerativeJudge, rubric_for
+from ..reward.ranked import MAX_RANKED_RESPONSES
 from ..reward.reward_model import rm_conversation
 from ..scheduling.worker import Overloaded as QueueFull
 from ..scheduling.worker import WorkerStopped
@@ -96,6 +97,11 @@ class EngineScoring:
                                "from activation_rm examples", param="profile")
         rubric = rubric_for(spec.principle if spec else None, cmd.rubric or (spec.rubric if spec else None))
         longest = max(cmd.responses, key=len)
+        if compiled is not None and compiled.format == "ranked" and self.name == "activation_rm":
+            if len(cmd.responses) > MAX_RANKED_RESPONSES:
+                raise InvalidInput("too_many_responses", "a ranked profile compares every pair of responses; at "
+                                   f"most {MAX_RANKED_RESPONSES}, got {len(cmd.responses)}", param="responses")
+            longest = "\n".join(sorted(cmd.responses, key=len)[-2:])  # a ranked query shows two responses
         size = await run_in_threadpool(engine.prompt_size, [{"role": "user", "content": cmd.prompt + longest}], None)
         if size.plain + _JUDGE_OVERHEAD_TOKENS >= engine.max_model_len:
             raise TooLarge("prompt_too_long", f"prompt plus the longest response is about {size.plain} tokens; "

@@ -102,9 +102,11 @@ class Readout(Protocol):
 
     size: int
 
-    def yes_probability(self, options: Sequence[Sequence[SteeringVector]]) -> torch.Tensor:
-        """``[len(options), size]``: P("Yes") normalised against "No", one row per steering option
-        (the vectors apply at the last prompt token)."""
+    def label_probability(self, options: Sequence[Sequence[SteeringVector]],
+                          labels: tuple[str, str]) -> torch.Tensor:
+        """``[len(options), size]``: P(``labels[0]``) normalised against ``labels[1]`` at the
+        assistant's first token, one row per steering option (the vectors apply at the last prompt
+        token). The label words come from the reward method, never from the engine."""
         ...
 
     def close(self) -> None: ...
@@ -129,10 +131,12 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats: ...
 
-    def yes_probability(
-        self, conversations: Sequence[list[Message]], steering: Sequence[SteeringVector] = ()
+    def label_probability(
+        self, conversations: Sequence[list[Message]], labels: tuple[str, str],
+        steering: Sequence[SteeringVector] = (),
     ) -> list[float]:
-        """P("Yes") / (P("Yes") + P("No")) for the assistant's first token of each conversation."""
+        """P(``labels[0]``) / (P(``labels[0]``) + P(``labels[1]``)) for the assistant's first token of
+        each conversation (the first token of each label word; ``ValueError`` if the two coincide)."""
         ...
 
     def capture_head_activations(self, conversations: Sequence[list[Message]],

@@ -40,7 +40,7 @@ def examples_from_spec(arm: dict[str, Any]) -> list[LabelledExample]:
 def settings_from_spec(arm: dict[str, Any]) -> CompileSettings:
     return CompileSettings(num_heads=arm["num_heads"], shots_per_context=arm["shots_per_context"],
                            iterations=arm["iterations"], seed=arm["seed"],
-                           objective=arm.get("objective", "ranking"))
+                           objective=arm.get("objective", "ranking"), format=arm.get("format", "scalar"))
 
 
 class JobRunner:

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 from ..engines.base import Engine, Message
 
+YES_NO = ("Yes", "No")  # the answer words read from the first token: P(Yes) normalised against No
 DEFAULT_RUBRIC = "Is the response helpful, correct and harmless?"
 JUDGE_SYSTEM = (
     "You are a strict evaluator of AI assistant responses. Read the question, the response and the "
-    "criterion, then answer with a single word: Yes or No."
+    f"criterion, then answer with a single word: {YES_NO[0]} or {YES_NO[1]}."
 )
 
 
@@ -28,7 +29,7 @@ def rubric_for(principle: str | None, rubric: str | None) -> str:
 def judge_conversation(prompt: str, response: str, rubric: str) -> list[Message]:
     user = (
         f"[Question]\n{prompt}\n\n[Response]\n{response}\n\n[Criterion]\n{rubric}\n\n"
-        "Answer Yes or No."
+        f"Answer {YES_NO[0]} or {YES_NO[1]}."
     )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
@@ -38,4 +39,4 @@ class GenerativeJudge:
 
     def score(self, engine: Engine, prompt: str, responses: Sequence[str], rubric: str,
               compiled: object = None) -> list[float]:
-        return engine.yes_probability([judge_conversation(prompt, r, rubric) for r in responses])
+        return engine.label_probability([judge_conversation(prompt, r, rubric) for r in responses], YES_NO)

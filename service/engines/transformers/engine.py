@@ -32,6 +32,7 @@ from ..base import (
     readout_sequences,
 )
 from ..chat import ChatPrompts
+from ..labels import LabelTokens
 from .hooks import HeadCapture, SteeringHooks
 
 log = logging.getLogger(__name__)
@@ -116,15 +117,10 @@ class TransformersEngine:
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(int(e) for e in eos)
-        self.yes_id, self.no_id = self._answer_token("Yes"), self._answer_token("No")
+        self.label_tokens = LabelTokens(self.tokenizer)
         self._running = 0  # streams in the batch being decoded (read by the metrics scrape)
-        if self.yes_id == self.no_id:
-            raise ValueError("tokenizer maps 'Yes' and 'No' to the same first token")
 
     # ---- prompts -------------------------------------------------------------------------
-    def _answer_token(self, word: str) -> int:
-        return int(self.tokenizer.encode(word, add_special_tokens=False)[0])
-
     def encode_chat(self, messages: list[Message]) -> list[int]:
         return self.prompts.encode(messages)
 
@@ -147,8 +143,10 @@ class TransformersEngine:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None,
                  positions: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        # logits_to_keep=1: only the last position's logits are read; the full [batch, tokens, vocab]
+        # tensor of a prefill is gigabytes (80 judge queries of ~200 tokens: ~10 GB in float32)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_kw: cache})
+                         logits_to_keep=1, **{self._cache_kw: cache})
         new_cache = out.cache if self._cache_kw == "cache" else out.past_key_values
         return out.logits[:, -1, :].float(), new_cache
 
@@ -298,13 +296,12 @@ class TransformersEngine:
             logits, _ = self._forward(ids, mask, None, positions)
         return logits
 
-    def yes_probability(self, conversations: Sequence[list[Message]],
-                        steering: Sequence[SteeringVector] = ()) -> list[float]:
+    def label_probability(self, conversations: Sequence[list[Message]], labels: tuple[str, str],
+                          steering: Sequence[SteeringVector] = ()) -> list[float]:
+        first, second = self.label_tokens.ids(labels)
         if not conversations:
             return []
-        logits = self._last_logits(conversations, steering)
-        pair = torch.stack([logits[:, self.yes_id], logits[:, self.no_id]], dim=-1)
-        return torch.softmax(pair, dim=-1)[:, 0].tolist()
+        return _first_of_two(self._last_logits(conversations, steering), first, second).tolist()
 
     @torch.inference_mode()
     def capture_head_activations(self, conversations: Sequence[list[Message]],
@@ -324,6 +321,11 @@ class TransformersEngine:
         del self.model
 
 
+def _first_of_two(logits: torch.Tensor, first: int, second: int) -> torch.Tensor:
+    """``[n]``: softmax over the two label tokens' logits, the first one's share."""
+    return torch.softmax(torch.stack([logits[:, first], logits[:, second]], dim=-1), dim=-1)[:, 0]
+
+
 class _Readout:
     """Prefix KV cache of a fixed set of conversations; each steering option costs one token per
     conversation (the cache is cropped back to the prefix after every option)."""
@@ -340,15 +342,16 @@ class _Readout:
             _, self._cache = engine._forward(ids[:, :-1], mask[:, :-1], None, positions[:, :-1])
 
     @torch.inference_mode()
-    def yes_probability(self, options: Sequence[Sequence[SteeringVector]]) -> torch.Tensor:
+    def label_probability(self, options: Sequence[Sequence[SteeringVector]],
+                          labels: tuple[str, str]) -> torch.Tensor:
         eng = self.engine
+        first, second = eng.label_tokens.ids(labels)
         out = torch.empty(len(options), self.size)
         for k, steering in enumerate(options):
             with SteeringHooks(eng.model, [tuple(steering)] * self.size, eng.head_dim, eng.dtype, eng.device):
                 logits, cache = eng._forward(self._last_ids, self._mask, self._cache, self._last_pos)
             cache.crop(-1)  # drop the readout token: back to the prefix
-            pair = torch.stack([logits[:, eng.yes_id], logits[:, eng.no_id]], dim=-1)
-            out[k] = torch.softmax(pair, dim=-1)[:, 0].cpu()
+            out[k] = _first_of_two(logits, first, second).cpu()
         return out
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ from ..base import (
 )
 from ..chat import ChatPrompts
 from ..decoder_layout import SteeringUnsupported, check_steering
+from ..labels import LabelTokens, first_of_two
 from .capture import unpack
 from .pairing import EXTRA_KEY
 from .sharding import gather_heads
@@ -123,8 +124,7 @@ class VLLMEngine:
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.hidden_size = int(cfg.hidden_size)
         self.max_model_len = self.settings.max_model_len
-        self.yes_id = int(self.tokenizer.encode("Yes", add_special_tokens=False)[0])
-        self.no_id = int(self.tokenizer.encode("No", add_special_tokens=False)[0])
+        self.label_tokens = LabelTokens(self.tokenizer)
         # distinct steering specs live at once: each needs up to 3 table slots in the model
         self.steer_capacity = max(1, (self.settings.steer_slots - 1) // 3)
         self._steer_users: dict[str, int] = {}
@@ -354,16 +354,16 @@ class VLLMEngine:
         return self.call(all_of())
 
     # ---- scoring -------------------------------------------------------------------------
-    async def ayes_probability(self, conversations: Sequence[list[Message]],
-                               steering: Sequence[SteeringVector] = ()) -> list[float]:
-        return await self._yes_probabilities([self.encode_chat(c) for c in conversations], steering)
+    async def alabel_probability(self, conversations: Sequence[list[Message]], labels: tuple[str, str],
+                                 steering: Sequence[SteeringVector] = ()) -> list[float]:
+        ids = self.label_tokens.ids(labels)
+        return await self._label_probabilities([self.encode_chat(c) for c in conversations], ids, steering)
 
-    async def _yes_probabilities(self, prompts: Sequence[list[int]], steering: Sequence[SteeringVector] = (),
-                                 limit: asyncio.Semaphore | None = None) -> list[float]:
-        """P(Yes) / (P(Yes) + P(No)) of the next token after each prompt, one vLLM request each
-        (at most ``limit`` of them in flight, when given)."""
-        import math
-
+    async def _label_probabilities(self, prompts: Sequence[list[int]], label_ids: tuple[int, int],
+                                   steering: Sequence[SteeringVector] = (),
+                                   limit: asyncio.Semaphore | None = None) -> list[float]:
+        """P(first) / (P(first) + P(second)) of the next token after each prompt, for the two token
+        ids ``label_ids``; one vLLM request each (at most ``limit`` of them in flight, when given)."""
         from vllm import SamplingParams
 
         self.validate_steering(steering)
@@ -372,24 +372,23 @@ class VLLMEngine:
         salted = self._prompt([], spec)  # the salt is computed once per spec, not per request
 
         async def one(i: int, prompt: list[int]) -> float:
-            sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[self.yes_id, self.no_id],
+            sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(label_ids),
                                 extra_args=extra)
             final = None
             async with limit if limit is not None else contextlib.nullcontext():
                 async for out in self.llm.generate({**salted, "prompt_token_ids": prompt}, sp,
-                                                   f"yes-{uuid.uuid4().hex[:8]}-{i}"):
+                                                   f"label-{uuid.uuid4().hex[:8]}-{i}"):
                     final = out
             assert final is not None and final.outputs[0].logprobs
             lp = final.outputs[0].logprobs[0]
-            y, n = math.exp(lp[self.yes_id].logprob), math.exp(lp[self.no_id].logprob)
-            return y / (y + n)
+            return first_of_two(lp[label_ids[0]].logprob, lp[label_ids[1]].logprob)
 
         async with self._steering_admitted(spec):
             return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
-    def yes_probability(self, conversations: Sequence[list[Message]],
-                        steering: Sequence[SteeringVector] = ()) -> list[float]:
-        return self.call(self.ayes_probability(conversations, steering))
+    def label_probability(self, conversations: Sequence[list[Message]], labels: tuple[str, str],
+                          steering: Sequence[SteeringVector] = ()) -> list[float]:
+        return self.call(self.alabel_probability(conversations, labels, steering))
 
     # ---- Activation-RM compilation ---------------------------------------------------------
     def capture_head_activations(self, conversations: Sequence[list[Message]],
@@ -418,7 +417,7 @@ class VLLMEngine:
 
 
 class _VLLMReadout:
-    """P(Yes) of a fixed set of conversations under many steering options (head-selection search).
+    """Two-label probabilities of a fixed set of conversations under many steering options (head-selection search).
 
     Each option is one vLLM request per conversation, all options at once but at most
     ``compile_concurrency`` requests in flight; the options steer only the last prompt token, so
@@ -430,12 +429,14 @@ class _VLLMReadout:
             raise ValueError("readout conversations need at least two tokens")
         self.engine, self.prompts, self.size = engine, prompts, len(prompts)
 
-    def yes_probability(self, options: Sequence[Sequence[SteeringVector]]) -> torch.Tensor:
+    def label_probability(self, options: Sequence[Sequence[SteeringVector]],
+                          labels: tuple[str, str]) -> torch.Tensor:
         cap = self.engine.settings.compile_concurrency
+        ids = self.engine.label_tokens.ids(labels)
 
         async def every_option() -> list[list[float]]:
             limit = asyncio.Semaphore(cap) if cap > 0 else None
-            return list(await asyncio.gather(*(self.engine._yes_probabilities(self.prompts, o, limit)
+            return list(await asyncio.gather(*(self.engine._label_probabilities(self.prompts, ids, o, limit)
                                                for o in options)))
 
         return torch.tensor(self.engine.call(every_option()), dtype=torch.float32).view(len(options), self.size)
