@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy import Boolean, Column, Float, MetaData, String, Table, insert, select, update
 from sqlalchemy.engine import Engine as SqlEngine
 
+from .profiles import create_tables
+
 SCOPES = ("read", "score", "generate", "admin")
 
 key_metadata = MetaData()
@@ -47,7 +49,7 @@ def digest(token: str) -> str:
 class ApiKeyStore:
     def __init__(self, engine: SqlEngine) -> None:
         self.engine = engine
-        key_metadata.create_all(engine)
+        create_tables(engine, key_metadata)
 
     def create(self, name: str, scopes: list[str]) -> tuple[str, ApiKey]:
         """Make a key; the token is returned once and never stored."""

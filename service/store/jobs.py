@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import Boolean, Column, Float, Integer, MetaData, String, Table, Text, func, insert, select, update
 from sqlalchemy.engine import Engine as SqlEngine
 
+from .profiles import create_tables
+
 ACTIVE = ("queued", "running")
 
 job_metadata = MetaData()
@@ -70,7 +72,7 @@ class JobStore:
     def __init__(self, engine: SqlEngine, max_active: int = 16) -> None:
         self.engine = engine
         self.max_active = max_active
-        job_metadata.create_all(engine)
+        create_tables(engine, job_metadata)
 
     @staticmethod
     def _record(row: Any) -> JobRecord:

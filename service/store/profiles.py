@@ -47,6 +47,16 @@ REF_PATTERN = f"^{NAME_PATTERN}(@[0-9]{{1,10}})?$"
 MAX_REF_CHARS = 64 + 1 + 10
 _MIGRATION_LOCK = 0x616C_6967_6E73  # PostgreSQL advisory-lock key of schema migrations ("aligns")
 
+
+def create_tables(engine: SqlEngine, meta: MetaData) -> None:
+    """``meta.create_all`` safe against replicas starting together: on PostgreSQL the check-then-create
+    runs under the migration advisory lock (else two servers race to create one table and one dies
+    with a duplicate-key error). Every store creates its tables through this."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+        meta.create_all(conn)
+
 metadata = MetaData()
 profiles = Table(
     "profiles",
