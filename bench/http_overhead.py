@@ -34,6 +34,7 @@ from bench.harness import Provenance, device_label, write_files
 from service.engines.base import EngineStats, GenerationRequest, GenerationResult, PromptSize, TokenEvent
 
 SERVED = "stand-in"
+TOKEN_TEXT = b" tok"  # the stand-in's text for every token
 
 
 class StepEngine:
@@ -65,7 +66,11 @@ class StepEngine:
         return fut
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.step_s):
+        """Steps on a fixed cadence (like a GPU whose step time does not depend on the host): a step
+        that starts late because the thread waited for the GIL is not made up by waiting less."""
+        next_step = time.perf_counter() + self.step_s
+        while not self._stop.wait(max(0.0, next_step - time.perf_counter())):
+            next_step = max(next_step + self.step_s, time.perf_counter() - self.step_s)
             with self._lock:
                 live = list(self._live.items())
             for rid, (req, fut, toks, started) in live:
@@ -105,44 +110,72 @@ def serve(port: int, step_ms: float) -> int:
     return run_server(app, settings, health, 5.0)
 
 
-async def stream_one(client: httpx.AsyncClient, max_tokens: int, itls: list[float]) -> int:
-    body = {"model": SERVED, "prompt": "Tell me a story.", "max_tokens": max_tokens, "stream": True,
-            "ignore_eos": True, "temperature": 0}
-    tokens = 0
-    last = None
-    async with client.stream("POST", "/v1/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            choices = json.loads(line[6:]).get("choices")
-            if choices and choices[0].get("text"):
+async def stream_one(host: str, port: int, max_tokens: int, itls: list[float]) -> int:
+    """One streamed /v1/completions over a raw socket: a minimal client (no SSE or JSON parsing,
+    tokens counted as the stand-in's token text in the bytes read), so at high concurrency the
+    client is not what limits the measurement."""
+    body = json.dumps({"model": SERVED, "prompt": "Tell me a story.", "max_tokens": max_tokens, "stream": True,
+                       "ignore_eos": True, "temperature": 0}).encode()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    tokens, last = 0, None
+    head = b""
+    try:
+        while b"\r\n\r\n" not in head:
+            data = await reader.read(65536)
+            if not data:
+                raise RuntimeError("connection closed before the response head")
+            head += data
+        status = head.split(b" ", 2)[1]
+        if status != b"200":
+            raise RuntimeError(f"HTTP {status.decode()}: {head[:300]!r}")
+        data = head.split(b"\r\n\r\n", 1)[1]
+        while True:
+            n = data.count(TOKEN_TEXT)
+            if n:
                 now = time.perf_counter()
                 if last is not None:
                     itls.append(now - last)
                 last = now
-                tokens += len(choices[0]["text"].split())
+                tokens += n
+            if b"data: [DONE]" in data:
+                break
+            data = await reader.read(65536)
+            if not data:
+                break
+    finally:
+        writer.close()
     return tokens
 
 
 async def level(url: str, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
+    host, port = url.rsplit("//", 1)[1].split(":")
     itls: list[float] = []
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency + 4)) \
-            as client:
-        async def one() -> int:
-            async with sem:
-                return await stream_one(client, max_tokens, itls)
-        t0 = time.perf_counter()
-        tokens = sum(await asyncio.gather(*(one() for _ in range(requests))))
-        wall = time.perf_counter() - t0
-    return {"concurrency": concurrency, "requests": requests, "output_tok_s": round(tokens / wall, 1),
+
+    async def one() -> int:
+        async with sem:
+            return await stream_one(host, int(port), max_tokens, itls)
+    t0 = time.perf_counter()
+    tokens = sum(await asyncio.gather(*(one() for _ in range(requests))))
+    wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, "requests": requests, "output_tok_s": round(tokens / wall, 1), "wall_s": wall,
             "median_itl_ms": round(statistics.median(itls) * 1e3, 2) if itls else 0.0}
 
 
-def hot_frames(raw: Path, top: int = 15) -> list[tuple[str, float]]:
-    """Share of samples per innermost project/library frame from py-spy's raw (collapsed) output."""
-    counts: collections.Counter[str] = collections.Counter()
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hot_frames(raw: Path, top: int = 15) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's raw (collapsed) output of GIL-holding samples — where the server spends CPU:
+    the share of samples per innermost frame (self), and per alignserve function anywhere on the
+    stack (inclusive: what each part of our own code costs with everything it calls)."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -150,8 +183,13 @@ def hot_frames(raw: Path, top: int = 15) -> list[tuple[str, float]]:
             continue
         frames = stack.split(";")
         total += int(n)
-        counts[frames[-1]] += int(n)
-    return [(f, round(c / total, 3)) for f, c in counts.most_common(top)] if total else []
+        own[frames[-1]] += int(n)
+        for f in {f.split(" (")[0] for f in frames if "(service/" in f or "(bench/" in f}:
+            incl[f] += int(n)
+    if not total:
+        return [], []
+    return ([(f, round(c / total, 3)) for f, c in own.most_common(top)],
+            [(f, round(c / total, 3)) for f, c in incl.most_common(top)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     log = Path(f"/tmp/http-overhead-{args.port}.log")
     proc = subprocess.Popen([sys.executable, "-m", "bench.http_overhead", "--serve", "--port", str(args.port),
                              "--step-ms", str(args.step_ms)], stdout=log.open("w"), stderr=subprocess.STDOUT)
-    rows, frames = [], []
+    rows: list[dict[str, float]] = []
+    frames: list[tuple[str, float]] = []
+    inclusive: list[tuple[str, float]] = []
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -188,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             raw = Path(f"/tmp/http-overhead-{args.port}.raw")
             if args.profile and c == max(levels):
                 spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "-o", str(raw),
-                                        "--rate", "200", "--nonblocking"], stdout=subprocess.DEVNULL,
+                                        "--rate", "500", "--gil", "--nonblocking"], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
+            cpu0, client0 = cpu_seconds(proc.pid), time.process_time()
             row = asyncio.run(level(url, c, max(8, args.requests_per_slot * c), args.max_tokens))
+            tokens = row["output_tok_s"] * row.pop("wall_s")
+            row["server_cpu_us_per_token"] = round((cpu_seconds(proc.pid) - cpu0) / tokens * 1e6, 1)
+            row["client_cpu_us_per_token"] = round((time.process_time() - client0) / tokens * 1e6, 1)
             row["ceiling_tok_s"] = round(c * 1000 / args.step_ms, 1)
             row["of_ceiling"] = round(row["output_tok_s"] / row["ceiling_tok_s"], 3)
             rows.append(row)
@@ -199,23 +243,28 @@ def main(argv: list[str] | None = None) -> int:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
-                frames = hot_frames(raw) if raw.exists() else []
+                frames, inclusive = hot_frames(raw) if raw.exists() else ([], [])
     finally:
         proc.terminate()
         proc.wait(30)
     prov = Provenance.collect(device_label("cpu"))
-    res = {"step_ms": args.step_ms, "max_tokens": args.max_tokens, "levels": rows, "hot_frames": frames,
-           "client": "httpx streaming client in a separate process (same machine)"}
+    res = {"step_ms": args.step_ms, "max_tokens": args.max_tokens, "levels": rows, "hot_frames": frames, "inclusive_frames": inclusive,
+           "client": "minimal raw-socket streaming client in a separate process (same machine)"}
     lines = [f"# alignserve HTTP path over a zero-cost engine ({prov.device})", "",
              f"Stand-in engine: one token per live request every {args.step_ms} ms, no compute; streamed "
              f"/v1/completions, {args.max_tokens} tokens each, EOS ignored; client and server share this machine.",
-             "", "| concurrency | output tok/s | ceiling tok/s | of ceiling | ITL p50 ms |", "|---|---|---|---|---|"]
+             "", "| concurrency | output tok/s | ceiling tok/s | of ceiling | ITL p50 ms | server CPU µs/token | client CPU µs/token |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['concurrency']} | {r['output_tok_s']} | {r['ceiling_tok_s']} | {r['of_ceiling']} | "
-              f"{r['median_itl_ms']} |" for r in rows]
+              f"{r['median_itl_ms']} | {r['server_cpu_us_per_token']} | {r['client_cpu_us_per_token']} |" for r in rows]
     if frames:
-        lines += ["", f"Where the server's time goes at concurrency {max(r['concurrency'] for r in rows)} "
-                  "(py-spy, share of samples by innermost frame):", "", "| frame | share |", "|---|---|"]
+        lines += ["", f"Where the server's CPU goes at concurrency {max(r['concurrency'] for r in rows)} "
+                  "(py-spy, samples of the thread holding the GIL; share by innermost frame):", "",
+                  "| frame | share |", "|---|---|"]
         lines += [f"| `{f}` | {s} |" for f, s in frames]
+        lines += ["", "Inclusive, alignserve's own functions (with everything they call):", "",
+                  "| function | share |", "|---|---|"]
+        lines += [f"| `{f}` | {s} |" for f, s in inclusive]
     md = "\n".join(lines) + "\n"
     print(md)
     if args.out:

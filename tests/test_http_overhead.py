@@ -20,7 +20,10 @@ def test_step_engine_emits_one_token_per_step_and_finishes() -> None:
     assert [e.index for e in seen] == [0, 1, 2, 3, 4]
 
 
-def test_hot_frames_share_by_innermost_frame(tmp_path: Path) -> None:
+def test_hot_frames_self_and_inclusive_shares(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    raw.write_text("main;a;b (x.py:1) 3\nmain;c (y.py:2) 1\n")
-    assert hot_frames(raw) == [("b (x.py:1)", 0.75), ("c (y.py:2)", 0.25)]
+    raw.write_text("main (lib/x.py:1);a (service/x.py:9);b (lib/y.py:1) 3\nmain (lib/x.py:1);c (service/y.py:2) 1\n"
+                   "main (lib/x.py:1);a (service/x.py:7) 1\n")
+    own, inclusive = hot_frames(raw)
+    assert own == [("b (lib/y.py:1)", 0.6), ("c (service/y.py:2)", 0.2), ("a (service/x.py:7)", 0.2)]
+    assert inclusive == [("a", 0.8), ("c", 0.2)]  # our own functions only, with what they call

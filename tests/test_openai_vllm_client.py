@@ -36,9 +36,8 @@ def _request_funcs() -> ModuleType:
 
 
 def test_vllm_bench_request_functions_succeed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    erf = _request_funcs()  # skips first where aiohttp or vLLM is missing
     import aiohttp
-
-    erf = _request_funcs()
     srv = start_server(tmp_path, tiny_model_dir, extra=["--served-model-name", "bench-model"])
 
     async def run() -> list[Any]:

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from ..domain.errors import DomainError
 from ..domain.generation import GenerateCommand, Outcome
-from ..engines.base import Message
+from ..engines.base import Message, TokenEvent
 from ..runtime import Runtime
 from .auth import require
 from .deps import get_runtime
@@ -66,6 +66,12 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
+def token_event(ev: TokenEvent) -> bytes:
+    """``_sse("token", {...})`` of one token, formatted directly (one per token on every stream)."""
+    return (f'event: token\ndata: {{"text": {json.dumps(ev.text, ensure_ascii=False)}, "index": {int(ev.index)}, '
+            f'"token_id": {int(ev.token_id)}}}\n\n').encode()
+
+
 @router.post("/generate", response_model=GenerateResponse, responses=_ERRORS,
              dependencies=[Depends(require("generate"))])
 async def generate(body: GenerateRequest, request: Request, rt: Runtime = Depends(get_runtime)) -> Any:
@@ -83,8 +89,7 @@ async def generate(body: GenerateRequest, request: Request, rt: Runtime = Depend
                 if isinstance(item, Outcome):
                     yield _sse("done", response_of(item).model_dump(mode="json"))
                     continue
-                chunk = b"".join(_sse("token", {"text": ev.text, "index": ev.index, "token_id": ev.token_id})
-                                 for ev in item if ev.text)
+                chunk = b"".join(token_event(ev) for ev in item if ev.text)
                 if chunk:
                     yield chunk
         except DomainError as exc:

@@ -22,11 +22,11 @@ from starlette.concurrency import run_in_threadpool
 
 from ..alignment.sampling import SamplingParams
 from ..alignment.spec import AlignmentSpec
-from ..engines.base import GenerationRequest, GenerationResult, Message, RequestRejected, TokenEvent
+from ..engines.base import Engine, GenerationRequest, GenerationResult, Message, RequestRejected, TokenEvent
 from ..language.fidelity import LanguageReport
 from ..scheduling.worker import Overloaded as QueueFull
 from ..scheduling.worker import WorkerStopped
-from .bridge import LoopBridge
+from .bridge import LoopBridge, TokenFeed
 from .errors import ClientGone, DomainError, InvalidInput, Overloaded, Timeout, TooLarge, Unavailable
 from .planning import alignment_for
 from .profile_spec import LASettings, ProfileSpec
@@ -147,7 +147,7 @@ class Generation:
     route: str
     arrived: float
     future: asyncio.Future[GenerationResult] | None = None
-    events: asyncio.Queue[TokenEvent | None] | None = None  # streaming only
+    events: TokenFeed | None = None  # streaming only
     first_token_at: float | None = None
     last_token_at: float | None = None
     _deadline: float = field(default=0.0)
@@ -173,24 +173,28 @@ class Generations:
 
     # ---- planning --------------------------------------------------------------------------
     async def plan(self, cmd: GenerateCommand) -> Generation:
-        """Resolve the profile, build the alignment and check the prompt budget (all 4xx first)."""
-        settings = self.rt.settings
-        limit = settings.max_tokens_limit
+        """Resolve the profile, build the alignment and check the prompt budget (all 4xx first).
+
+        One thread hop for all of it (a stored profile is a database read, the prompt budget a
+        chat-template render and tokenisation): each hop costs the event loop more than the work
+        of a small request, so they are not made one by one."""
+        limit = self.rt.settings.max_tokens_limit
         max_tokens = cmd.max_tokens if cmd.max_tokens is not None else min(DEFAULT_MAX_TOKENS, limit)
         if max_tokens > limit:
             raise InvalidInput("invalid_request", f"max_tokens: must be at most {limit} on this server",
                                param="max_tokens")
         engine = self.rt.require_model().engine
-        resolved = await run_in_threadpool(self.rt.profiles.resolve, cmd.profile, engine)
-        resolved = with_la_overrides(resolved, cmd.la_overrides)
+        return await run_in_threadpool(self._plan, cmd, engine, max_tokens)
+
+    def _plan(self, cmd: GenerateCommand, engine: Engine, max_tokens: int) -> Generation:
+        resolved = with_la_overrides(self.rt.profiles.resolve(cmd.profile, engine), cmd.la_overrides)
         spec = resolved.spec
         prompt_language = None
         if spec is not None and spec.enforce_language:
-            prompt_language = await run_in_threadpool(self.rt.language.detect, last_user(cmd.messages))
+            prompt_language = self.rt.language.detect(last_user(cmd.messages))
         alignment = alignment_for(spec, prompt_language, resolved.compiled, cmd.steer_strength)
         la = alignment.la
-        size = await run_in_threadpool(engine.prompt_size, cmd.messages, la.principle if la else None,
-                                       la.placement if la else "system")
+        size = engine.prompt_size(cmd.messages, la.principle if la else None, la.placement if la else "system")
         if size.longest >= engine.max_model_len:
             raise TooLarge("prompt_too_long",
                            f"prompt is {size.longest} tokens (with the principle); this model takes at most "
@@ -200,7 +204,7 @@ class Generations:
         req = GenerationRequest(request_id=f"gen-{uuid.uuid4().hex[:16]}", messages=cmd.messages,
                                 sampling=sampling, alignment=alignment)
         now = time.perf_counter()
-        return Generation(req, resolved, cmd.route, now, _deadline=now + settings.request_timeout_s)
+        return Generation(req, resolved, cmd.route, now, _deadline=now + self.rt.settings.request_timeout_s)
 
     # ---- admission ---------------------------------------------------------------------------
     def submit(self, gen: Generation, stream: bool) -> None:
@@ -209,7 +213,8 @@ class Generations:
         bridge = self.bridge(asyncio.get_running_loop())
         metrics = self.rt.metrics
         if stream:
-            gen.events = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            gen.events = TokenFeed(loop)
 
         def on_token(ev: TokenEvent) -> None:  # engine thread
             now = time.perf_counter()
@@ -220,7 +225,7 @@ class Generations:
                 metrics.itl.observe(now - gen.last_token_at)
             gen.last_token_at = now
             if gen.events is not None:
-                bridge.post(gen.events.put_nowait, ev)
+                bridge.post(gen.events.push, ev)
 
         gen.request.on_token = on_token
         try:
@@ -234,7 +239,7 @@ class Generations:
         def settled(f: asyncio.Future[GenerationResult]) -> None:
             metrics.in_flight.labels(gen.route).dec()
             if gen.events is not None:  # behind any token events still in the bridge
-                bridge.post(gen.events.put_nowait, None)
+                bridge.post(gen.events.close, None)
             if not f.cancelled() and f.exception() is None:
                 metrics.finished.labels(f.result().finish_reason).inc()
 
@@ -269,28 +274,22 @@ class Generations:
         :class:`Outcome`. Raises :class:`Timeout` past the deadline; the engine's own failure
         propagates. Closing the iterator early (the client went away) cancels the generation."""
         assert gen.future is not None and gen.events is not None
+        feed = gen.events
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + gen._deadline - time.perf_counter(), feed.expire)
         try:
             finished = False
             while not finished:
-                remaining = gen._deadline - time.perf_counter()
-                if remaining <= 0:
-                    gen.cancel()
-                    raise Timeout("timeout", "generation timed out")
                 try:
-                    ev = await asyncio.wait_for(gen.events.get(), timeout=remaining)
+                    batch, finished = await feed.take()
                 except TimeoutError:
-                    continue
-                batch: list[TokenEvent] = []
-                while ev is not None:
-                    batch.append(ev)
-                    if gen.events.empty():
-                        break
-                    ev = gen.events.get_nowait()
-                finished = ev is None
+                    gen.cancel()
+                    raise Timeout("timeout", "generation timed out") from None
                 if batch:
                     yield batch
             yield self.outcome(gen, engine_result(gen.future))
         finally:
+            timer.cancel()
             if not gen.future.done():
                 gen.cancel()
                 log.info("stream closed early; generation cancelled", extra={"request_id": gen.id})

@@ -9,6 +9,7 @@ Chinese). Texts with very few letters are judged by script alone.
 
 from __future__ import annotations
 
+import collections
 import functools
 import unicodedata
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ LANGUAGE_NAMES = {
 _MIN_LETTERS = 12
 
 
+@functools.lru_cache(maxsize=8192)
 def script_of(ch: str) -> str | None:
+    """The writing system of one character (None for digits, punctuation, spaces). Cached: a
+    response repeats a few dozen distinct characters, so each is classified once."""
     o = ord(ch)
     if 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF:
         return "kana"
@@ -40,14 +44,24 @@ def script_of(ch: str) -> str | None:
     return "other"
 
 
-def script_shares(text: str) -> dict[str, float]:
+def script_counts(text: str) -> dict[str, int]:
+    """Letters per writing system, in one pass over the distinct characters (``Counter`` runs in C;
+    this runs for every response, on the event loop)."""
     counts: dict[str, int] = {}
-    for ch in text:
+    for ch, n in collections.Counter(text).items():
         s = script_of(ch)
         if s:
-            counts[s] = counts.get(s, 0) + 1
+            counts[s] = counts.get(s, 0) + n
+    return counts
+
+
+def _shares(counts: dict[str, int]) -> dict[str, float]:
     total = sum(counts.values())
     return {k: round(v / total, 4) for k, v in sorted(counts.items())} if total else {}
+
+
+def script_shares(text: str) -> dict[str, float]:
+    return _shares(script_counts(text))
 
 
 def _script_language(shares: dict[str, float]) -> str:
@@ -88,20 +102,22 @@ class LanguageDetector:
         self._ident = _identifier()
 
     def detect(self, text: str) -> str:
-        shares = script_shares(text)
-        letters = sum(1 for ch in text if script_of(ch))
-        if not shares:
+        return self._detect(text, script_counts(text))
+
+    def _detect(self, text: str, counts: dict[str, int]) -> str:
+        if not counts:
             return "und"
-        cjk = _script_language(shares)
+        cjk = _script_language(_shares(counts))
         if cjk in ("ja", "ko", "zh"):
             return cjk
-        if letters < _MIN_LETTERS:
+        if sum(counts.values()) < _MIN_LETTERS:
             return "und"
         return str(self._ident.classify(text)[0])
 
     def compare(self, prompt: str, answer: str) -> LanguageReport:
-        p, a = self.detect(prompt), self.detect(answer)
-        p_scripts, a_scripts = script_shares(prompt), script_shares(answer)
+        p_counts, a_counts = script_counts(prompt), script_counts(answer)
+        p, a = self._detect(prompt, p_counts), self._detect(answer, a_counts)
+        p_scripts, a_scripts = _shares(p_counts), _shares(a_counts)
         if "und" in (p, a):  # too short to name: judge by dominant script
             match = bool(a_scripts) and _script_language(p_scripts) == _script_language(a_scripts)
         else:

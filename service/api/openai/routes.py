@@ -132,7 +132,30 @@ def _data(payload: dict[str, Any]) -> bytes:
 _DONE = b"data: [DONE]\n\n"
 
 
-def _sse(rt: Runtime, gen: Generation, token_chunk: Callable[[str, bool], dict[str, Any]],
+class ChunkTemplate:
+    """A token chunk rendered once with a marker for its text, so each batch of tokens costs one
+    ``json.dumps`` of the text instead of building and dumping a pydantic model (at hundreds of
+    streams that was a sixth of the server's CPU per token). Bytes equal ``_data(payload)``."""
+
+    _MARK = "\u0001alignserve-text\u0001"
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        mark = json.dumps(self._MARK, ensure_ascii=False)
+        head, found, tail = _data(payload).partition(mark.encode())
+        if not found or mark.encode() in tail:
+            raise ValueError("the chunk must hold the text marker exactly once")
+        self.head, self.tail = head, tail
+
+    @classmethod
+    def of(cls, build: Callable[[str], dict[str, Any]]) -> ChunkTemplate:
+        """The template of ``build(text)``."""
+        return cls(build(cls._MARK))
+
+    def render(self, text: str) -> bytes:
+        return self.head + json.dumps(text, ensure_ascii=False).encode() + self.tail
+
+
+def _sse(rt: Runtime, gen: Generation, token_chunk: Callable[[str, bool], bytes],
          final_chunks: Callable[[Outcome, bool], list[dict[str, Any]]]) -> StreamingResponse:
     """The event stream of one generation: a chunk per batch of decoded text (all tokens waiting when
     the client is written to; the first when the first token is decoded, so a client's time to first
@@ -150,7 +173,7 @@ def _sse(rt: Runtime, gen: Generation, token_chunk: Callable[[str, bool], dict[s
                     continue
                 text = "".join(ev.text for ev in item)  # every token already decoded: one chunk
                 if text:
-                    yield _data(token_chunk(text, first))
+                    yield token_chunk(text, first)
                     first = False
             yield _DONE
         except Exception as exc:
@@ -188,8 +211,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         return ChatCompletionChunk(id=cid, created=created, model=model, choices=choices,
                                    **extra).model_dump(mode="json")
 
-    def token_chunk(text: str, first: bool) -> dict[str, Any]:
-        return chunk([ChunkChoice(delta=ChoiceDelta(role="assistant" if first else None, content=text))])
+    def token_payload(first: bool) -> Callable[[str], dict[str, Any]]:
+        return lambda text: chunk([ChunkChoice(delta=ChoiceDelta(role="assistant" if first else None, content=text))])
+
+    templates = {first: ChunkTemplate.of(token_payload(first)) for first in (True, False)}
+
+    def token_chunk(text: str, first: bool) -> bytes:
+        return templates[first].render(text)
 
     def final_chunks(out: Outcome, first: bool) -> list[dict[str, Any]]:
         delta = ChoiceDelta(role="assistant", content="") if first else ChoiceDelta()
@@ -221,8 +249,10 @@ async def completions(body: CompletionRequest, request: Request, rt: Runtime = D
     def chunk(choices: list[CompletionChoice], **extra: Any) -> dict[str, Any]:
         return Completion(id=cid, created=created, model=model, choices=choices, **extra).model_dump(mode="json")
 
-    def token_chunk(text: str, first: bool) -> dict[str, Any]:
-        return chunk([CompletionChoice(text=text, finish_reason=None)])
+    template = ChunkTemplate.of(lambda text: chunk([CompletionChoice(text=text, finish_reason=None)]))
+
+    def token_chunk(text: str, first: bool) -> bytes:
+        return template.render(text)
 
     def final_chunks(out: Outcome, first: bool) -> list[dict[str, Any]]:
         chunks = [chunk([CompletionChoice(text="", finish_reason=finish_reason(out))], alignserve=report_of(out))]
