@@ -34,7 +34,7 @@ language match (answer in the prompt's language), decoded tokens and wall second
     python -m bench.quality_eval --backend vllm --home /tmp/ahome
     # CPU, transformers engine, reduced size (~15 min on 2 cores):
     python -m bench.quality_eval --backend transformers --per-set 4 --max-tokens 64 --shots 8
-    # CPU, the authors' LA settings, both sampling modes, 3 seeds per prompt (~40 min on 2 cores):
+    # CPU, the authors' LA settings, both sampling modes, 3 seeds per prompt (~20 min on 2 cores):
     python -m bench.quality_eval --systems authors --sets hh,pref --per-set 8 --max-tokens 64 --samples 3 --shots 8
     # redraw the plot from a result file:
     python -m bench.quality_eval --plot-only bench/results/quality_eval_h100.json
