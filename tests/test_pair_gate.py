@@ -5,6 +5,12 @@ the same logic inside vLLM's real schedulers where vLLM is installed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from service.engines.vllm.engine import VLLMSettings
 from service.engines.vllm.pairing import PairBook, PairGate, Row, Veto, lone_steps, plan_step, sample_mismatches
 
 
@@ -106,3 +112,17 @@ def test_a_stranded_member_gives_its_cache_back_after_patience_calls() -> None:
     g.stranded({"B-p"})
     g.stranded(set())  # B's partner came back: no longer stranded, the count is reset
     assert g.stranded({"B-p"}) == set() and g.stranded({"B-p"}) == set()
+
+
+def test_vllm_pairing_setting_reaches_the_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--vllm-pairing`` / ``ALIGNSERVE_VLLM_PAIRING``: sync (default), async, off (no LA at all)."""
+    from service.engines import factory
+    from service.engines.vllm import engine as vllm_engine
+
+    seen: list[VLLMSettings] = []
+    monkeypatch.setattr(factory, "resolve_model", lambda model, home, progress=None: str(model))
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", lambda path, vs, default_system=None: seen.append(vs))
+    for mode, want in (("sync", (True, False)), ("async", (True, True)), ("off", (False, False))):
+        factory.build_engine(Settings(backend="vllm", model=str(tmp_path), vllm_pairing=mode))  # type: ignore[arg-type]
+        assert (seen[-1].pairing, seen[-1].pair_async) == want
+    assert Settings().vllm_pairing == "sync"
