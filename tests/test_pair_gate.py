@@ -29,8 +29,10 @@ def ready(rid: str) -> Row:  # a decode, or the last prompt token: every schedul
 def test_partners_are_shown_together_and_next_to_each_other() -> None:
     b = book("A")
     rows = [ready("A-p"), Row("x", 30, True), ready("A-b")]
-    plan = plan_step(b, rows, budget=100)
+    plan = plan_step(b, rows, budget=31)  # the budget binds: the pair comes first, together
     assert plan.order == ["A-p", "A-b", "x"] and not plan.held
+    plan = plan_step(b, rows, budget=100)  # everyone gets all it wants: vLLM's order is kept
+    assert plan.order == ["A-p", "x", "A-b"] and not plan.held
 
 
 def test_a_ready_member_is_held_when_its_partner_cannot_sample_this_step() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 EXTRA_KEY = "alignserve"
 ROLES = ("plain", "principle")
@@ -100,8 +101,7 @@ def sample_mismatches(book: PairBook, sampled: Mapping[str, list[int]]) -> set[s
     return out
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):  # a tuple: one is built per running request per step
     """A running request before a step, as vLLM's running loop will see it."""
 
     req_id: str
@@ -128,6 +128,8 @@ def plan_step(book: PairBook, rows: Sequence[Row], budget: int, forced: Iterable
     ``lone_steps`` checks what was actually scheduled.
     """
     force = set(forced)
+    if not force and sum(r.want for r in rows) <= budget:
+        return _plan_unbounded(book, rows)
     by_id = {r.req_id: r for r in rows}
     order: list[str] = []
     held: set[str] = set()
@@ -164,6 +166,27 @@ def plan_step(book: PairBook, rows: Sequence[Row], budget: int, forced: Iterable
                 if len(group) == 1 and mate_id is not None:
                     stranded.add(m.req_id)
     return StepPlan(order, held, stranded)
+
+
+def _plan_unbounded(book: PairBook, rows: Sequence[Row]) -> StepPlan:
+    """``plan_step`` when every request gets all it wants (the common decode step): order does not
+    matter, a member is held only if it can only sample and its partner will not sample."""
+    sampling = {r.req_id for r in rows if r.samples and r.want > 0}
+    running: set[str] | None = None
+    held: set[str] = set()
+    stranded: set[str] = set()
+    for r in rows:
+        if r.want == 1 and r.samples and r.req_id in book.pair_of:
+            mate = book.partner(r.req_id)
+            if mate not in sampling:
+                held.add(r.req_id)
+                if running is None:
+                    running = {x.req_id for x in rows}
+                if mate is not None and mate not in running:
+                    stranded.add(r.req_id)
+    if not held:
+        return StepPlan([r.req_id for r in rows], held, stranded)
+    return StepPlan([r.req_id for r in rows if r.req_id not in held], held, stranded)
 
 
 def lone_steps(book: PairBook, sampling: Mapping[str, bool]) -> set[str]:
