@@ -1,7 +1,10 @@
 """The paired schedulers on vLLM's real ``Scheduler`` / ``AsyncScheduler``, with a simulated model runner.
 
-Needs vLLM importable (a venv with vllm==0.26.0 works on a CPU machine; skipped in CI, where vLLM
-is not installed). The simulated runner keeps what vLLM's V1 GPU model runner keeps at the level
+Needs vLLM importable (skipped in CI, where vLLM is not installed). On a CPU machine, without
+downloading a CUDA torch: ``python3 -m venv --system-site-packages V && V/bin/pip install --no-deps
+vllm==0.26.0 && V/bin/pip install cbor2 pyzmq aiohttp openai-harmony msgspec pillow pybase64
+cachetools uvloop llguidance xgrammar einops``, then ``V/bin/python -m pytest tests/test_vllm_pair_scheduler.py``.
+The simulated runner keeps what vLLM's V1 GPU model runner keeps at the level
 that decides a step's inputs:
 
 * a persistent batch: a request left out of a step is dropped from it (and from the map of last
