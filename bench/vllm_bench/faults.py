@@ -121,17 +121,18 @@ def tree(pid: int) -> list[int]:
 
 
 def engine_cores(pid: int) -> list[tuple[int, int]]:
-    """(pid, GPU MiB) of the server's vLLM engine-core processes, largest GPU share first."""
+    """(pid, GPU MiB) of the server's vLLM engine-core processes in start order: the generator
+    first (the runtime loads the reward model only after it)."""
     import psutil
 
     apps = gpu_apps()
     cores = []
     for p in tree(pid)[1:]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            name = psutil.Process(p).name() + " ".join(psutil.Process(p).cmdline())
-            if "EngineCore" in name or p in apps:
-                cores.append((p, apps.get(p, 0)))
-    return sorted(cores, key=lambda c: -c[1])
+            proc = psutil.Process(p)
+            if "EngineCore" in proc.name() + " ".join(proc.cmdline()) or p in apps:
+                cores.append((proc.create_time(), p, apps.get(p, 0)))
+    return [(p, mib) for _, p, mib in sorted(cores)]
 
 
 def hog(keep_gib: float, seconds: float) -> subprocess.Popen[str]:
@@ -184,7 +185,13 @@ def vllm_phase(args: argparse.Namespace) -> dict[str, Any]:
     try:
         res["ready_s"] = round(srv.wait_ready(400), 1)
         url = srv.url
-        ready = httpx.get(f"{url}/readyz").json()
+        t0 = time.monotonic()  # /readyz is 200 once the generator is up; the reward model loads after it
+        while time.monotonic() - t0 < 300:
+            ready = httpx.get(f"{url}/readyz").json()
+            if ready.get("reward_model_state") != "loading":
+                break
+            time.sleep(1)
+        res["reward_ready_s"] = round(res["ready_s"] + time.monotonic() - t0, 1)
         res["readyz"] = {k: ready.get(k) for k in ("status", "reward_model", "reward_model_state")}
         res["kv_budget"] = asyncio.run(kv_budget(url, args.kv_blocks * 16))
         res["memory_pressure"] = memory_pressure(url)
@@ -246,7 +253,7 @@ async def kill_reward(url: str, server_pid: int) -> dict[str, Any]:
         out["ok"] = False
         out["error"] = "expected two engine cores (generator, reward model)"
         return out
-    victim = cores[-1][0]  # the reward model has the smaller GPU share
+    victim = cores[1][0]  # the reward model's engine core started second
     body = {"prompt": "Why is the sky blue?", "method": "reward_model",
             "responses": ["Rayleigh scattering.", "No idea."]}
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
