@@ -17,7 +17,8 @@ Phases (each starts its own ``alignserve serve`` process and stops it):
      soon; ``/readyz`` 503 how soon; the server exits with status 70; no process of the server's
      tree holds GPU memory afterwards.
 * ``transformers_oom``: ``--backend transformers --device cuda``; another process takes all but
-  ~0.6 GiB of free GPU memory, then one long prompt (its logits alone need ~1.8 GiB) is sent with
+  ~0.1 GiB of free GPU memory, then one long prompt (~6k tokens: its KV cache and activations need
+  several hundred MiB) is sent with
   three short ones: the long one gets 503 ``out_of_memory``, the short ones 200, and once the
   memory is given back the long prompt is served.
 
@@ -208,7 +209,7 @@ def vllm_phase(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def kv_budget(url: str, kv_tokens: int) -> dict[str, Any]:
-    long_prompt = "Summarise this text. " + " ".join(f"word{i % 97}" for i in range(1100))
+    long_prompt = "Summarise this text. " + " ".join(f"word{i % 97}" for i in range(800))
     out: dict[str, Any] = {"kv_tokens": kv_tokens}
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
         tok = await c.post("/v1/completions", json={"model": "x", "prompt": long_prompt, "max_tokens": 1})
@@ -380,13 +381,13 @@ def transformers_oom(args: argparse.Namespace) -> dict[str, Any]:
     srv = ServerProcess(["--backend", "transformers", "--device", "cuda", "--dtype", "float32", "--model", MODEL,
                          "--home", args.home, "--db-url", f"sqlite:///{args.work}/tf.db", "--reward-model", "none",
                          "--max-model-len", "8192", "--max-batch-size", "4"], args.port + 1, log)
-    long_prompt = "Summarise this text. " + " ".join(f"word{i % 97}" for i in range(3000))
+    long_prompt = "Summarise this text. " + " ".join(f"word{i % 97}" for i in range(1800))
     try:
         res["ready_s"] = round(srv.wait_ready(300), 1)
         url = srv.url
         warm = httpx.post(f"{url}/generate", json={"prompt": "Say hello.", "max_tokens": 8}, timeout=120)
         res["warm"] = warm.status_code
-        h = hog(0.6, 120)
+        h = hog(0.1, 120)
         try:
             async def batch() -> list[httpx.Response]:
                 async with httpx.AsyncClient(base_url=url, timeout=120) as c:
