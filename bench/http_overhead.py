@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -95,7 +96,7 @@ class StepEngine:
         self._stop.set()
 
 
-def serve(port: int, step_ms: float) -> int:
+def serve(port: int, step_ms: float, loop: str = "auto") -> int:
     from service.api.app import create_app
     from service.api.http_server import serve as run_server
     from service.config import Settings
@@ -103,7 +104,8 @@ def serve(port: int, step_ms: float) -> int:
 
     home = Path(os.environ.get("TMPDIR", "/tmp")) / f"http-overhead-{port}"
     settings = Settings(model=SERVED, served_model_name=SERVED, port=port, home=home, max_num_seqs=4096,
-                        max_queue=4096, max_connections=4096, log_level="WARNING", reward_model="none")
+                        max_queue=4096, max_connections=4096, log_level="WARNING", reward_model="none",
+                        event_loop=loop)
     health = EngineHealth()
     app = create_app(settings, engine_factory=lambda s: StepEngine(step_ms / 1000), reward_factory=None,
                      drain_s=5.0, health=health)
@@ -192,24 +194,14 @@ def hot_frames(raw: Path, top: int = 15) -> tuple[list[tuple[str, float]], list[
             [(f, round(c / total, 3)) for f, c in incl.most_common(top)])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--port", type=int, default=8411)
-    ap.add_argument("--step-ms", type=float, default=5.0, help="stand-in engine step (one token per request)")
-    ap.add_argument("--levels", default="1,8,64,256")
-    ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--requests-per-slot", type=int, default=2)
-    ap.add_argument("--profile", action="store_true", help="sample the server with py-spy during the top level")
-    ap.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
-    args = ap.parse_args(argv)
-    if args.serve:
-        return serve(args.port, args.step_ms)
+def measure(args: argparse.Namespace, loop: str, levels: list[int],
+            profile: bool) -> tuple[list[dict[str, float]], list[tuple[str, float]], list[tuple[str, float]]]:
+    """One server process with event loop ``loop``: every level once (py-spy on the top one if asked)."""
     url = f"http://127.0.0.1:{args.port}"
     log = Path(f"/tmp/http-overhead-{args.port}.log")
     proc = subprocess.Popen([sys.executable, "-m", "bench.http_overhead", "--serve", "--port", str(args.port),
-                             "--step-ms", str(args.step_ms)], stdout=log.open("w"), stderr=subprocess.STDOUT)
+                             "--step-ms", str(args.step_ms), "--loop", loop], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
     rows: list[dict[str, float]] = []
     frames: list[tuple[str, float]] = []
     inclusive: list[tuple[str, float]] = []
@@ -222,11 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
-        levels = [int(x) for x in args.levels.split(",")]
         for c in levels:
             spy = None
             raw = Path(f"/tmp/http-overhead-{args.port}.raw")
-            if args.profile and c == max(levels):
+            if profile and c == max(levels):
                 spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "-o", str(raw),
                                         "--rate", "500", "--gil", "--nonblocking"], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
@@ -239,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             row["ceiling_tok_s"] = round(c * 1000 / args.step_ms, 1)
             row["of_ceiling"] = round(row["output_tok_s"] / row["ceiling_tok_s"], 3)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({"loop": loop, **row}), flush=True)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
@@ -247,18 +238,66 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(30)
+    return rows, frames, inclusive
+
+
+def median_row(loop: str, rows: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-field medians of one level's rounds, with the loop's name and the rounds' spread of tok/s."""
+    out: dict[str, Any] = {"loop": loop, "rounds": len(rows)}
+    for key in rows[0]:
+        out[key] = round(statistics.median(r[key] for r in rows), 3)
+    out["output_tok_s_range"] = [min(r["output_tok_s"] for r in rows), max(r["output_tok_s"] for r in rows)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=8411)
+    ap.add_argument("--step-ms", type=float, default=5.0, help="stand-in engine step (one token per request)")
+    ap.add_argument("--levels", default="1,8,64,256")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--requests-per-slot", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="sample the server with py-spy during the top level")
+    ap.add_argument("--loop", default="auto", help=argparse.SUPPRESS)
+    ap.add_argument("--loops", default="auto", help="server event loops to compare, e.g. asyncio,uvloop "
+                    "(each round runs every loop once, alternating; default auto)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds over --loops; medians are reported")
+    ap.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
+    args = ap.parse_args(argv)
+    if args.serve:
+        return serve(args.port, args.step_ms, args.loop)
+    levels = [int(x) for x in args.levels.split(",")]
+    loops = args.loops.split(",")
+    runs: dict[str, list[list[dict[str, float]]]] = {lp: [] for lp in loops}
+    frames: list[tuple[str, float]] = []
+    inclusive: list[tuple[str, float]] = []
+    for rnd in range(args.rounds):
+        for lp in loops:
+            profile = args.profile and rnd == args.rounds - 1 and lp == loops[-1]
+            rows, f, inc = measure(args, lp, levels, profile)
+            runs[lp].append(rows)
+            if profile:
+                frames, inclusive = f, inc
+    table = {lp: [median_row(lp, [r[i] for r in rs]) for i in range(len(levels))] for lp, rs in runs.items()}
+    rows = [row for lp in loops for row in table[lp]]
     prov = Provenance.collect(device_label("cpu"))
-    res = {"step_ms": args.step_ms, "max_tokens": args.max_tokens, "levels": rows,
+    res = {"step_ms": args.step_ms, "max_tokens": args.max_tokens, "levels": rows, "loops": loops,
+           "rounds": args.rounds, "runs": runs,
            "hot_frames": frames, "inclusive_frames": inclusive,
            "client": "minimal raw-socket streaming client in a separate process (same machine)"}
     lines = [f"# alignserve HTTP path over a zero-cost engine ({prov.device})", "",
              f"Stand-in engine: one token per live request every {args.step_ms} ms, no compute; streamed "
              f"/v1/completions, {args.max_tokens} tokens each, EOS ignored; client and server share this machine.",
-             "", "| concurrency | output tok/s | ceiling tok/s | of ceiling | ITL p50 ms | server CPU µs/token "
-             "| client CPU µs/token |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['concurrency']} | {r['output_tok_s']} | {r['ceiling_tok_s']} | {r['of_ceiling']} | "
-              f"{r['median_itl_ms']} | {r['server_cpu_us_per_token']} | {r['client_cpu_us_per_token']} |" for r in rows]
+             f"Event loops {', '.join(loops)}, {args.rounds} round(s), alternating (a fresh server process per loop "
+             "and round); medians over rounds, tok/s range in brackets.",
+             "", "| loop | concurrency | output tok/s [range] | ceiling tok/s | of ceiling | ITL p50 ms "
+             "| server CPU µs/token | client CPU µs/token |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['loop']} | {int(r['concurrency'])} | {r['output_tok_s']} {r['output_tok_s_range']} | "
+              f"{r['ceiling_tok_s']} | {r['of_ceiling']} | {r['median_itl_ms']} | {r['server_cpu_us_per_token']} | "
+              f"{r['client_cpu_us_per_token']} |" for r in rows]
     if frames:
         lines += ["", f"Where the server's CPU goes at concurrency {max(r['concurrency'] for r in rows)} "
                   "(py-spy, samples of the thread holding the GIL; share by innermost frame):", "",

@@ -27,3 +27,28 @@ def test_hot_frames_self_and_inclusive_shares(tmp_path: Path) -> None:
     own, inclusive = hot_frames(raw)
     assert own == [("b (lib/y.py:1)", 0.6), ("c (service/y.py:2)", 0.2), ("a (service/x.py:7)", 0.2)]
     assert inclusive == [("a", 0.8), ("c", 0.2)]  # our own functions only, with what they call
+
+
+def test_median_row_takes_per_field_medians_and_the_range() -> None:
+    from bench.http_overhead import median_row
+
+    rows = [{"concurrency": 64, "output_tok_s": v, "server_cpu_us_per_token": c}
+            for v, c in ((10, 30), (30, 20), (20, 25))]
+    out = median_row("uvloop", rows)
+    assert out["loop"] == "uvloop" and out["rounds"] == 3 and out["concurrency"] == 64
+    assert out["output_tok_s"] == 20 and out["server_cpu_us_per_token"] == 25 and out["output_tok_s_range"] == [10, 30]
+
+
+def test_server_runs_on_uvloop_by_default_and_asyncio_on_request() -> None:
+    """uvloop is a dependency on Linux: the default ("auto") must pick it; --loop asyncio must not."""
+    import asyncio
+
+    import uvloop
+
+    from service.api.http_server import server_config
+    from service.config import Settings
+
+    auto = server_config(object(), Settings(), 5.0).get_loop_factory()
+    assert auto is not None and isinstance(auto(), uvloop.Loop)
+    plain = server_config(object(), Settings(event_loop="asyncio"), 5.0).get_loop_factory()
+    assert plain is not None and not isinstance(plain(), uvloop.Loop) and isinstance(plain(), asyncio.AbstractEventLoop)
