@@ -273,13 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[list[dict[str, float]]]] = {lp: [] for lp in loops}
     frames: list[tuple[str, float]] = []
     inclusive: list[tuple[str, float]] = []
-    for rnd in range(args.rounds):
+    for _ in range(args.rounds):
         for lp in loops:
-            profile = args.profile and rnd == args.rounds - 1 and lp == loops[-1]
-            rows, f, inc = measure(args, lp, levels, profile)
-            runs[lp].append(rows)
-            if profile:
-                frames, inclusive = f, inc
+            runs[lp].append(measure(args, lp, levels, False)[0])
+    if args.profile:  # an extra run of the last loop: py-spy slows the server, so it is not in the medians
+        _, frames, inclusive = measure(args, loops[-1], [max(levels)], True)
     table = {lp: [median_row(lp, [r[i] for r in rs]) for i in range(len(levels))] for lp, rs in runs.items()}
     rows = [row for lp in loops for row in table[lp]]
     prov = Provenance.collect(device_label("cpu"))
@@ -299,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['ceiling_tok_s']} | {r['of_ceiling']} | {r['median_itl_ms']} | {r['server_cpu_us_per_token']} | "
               f"{r['client_cpu_us_per_token']} |" for r in rows]
     if frames:
-        lines += ["", f"Where the server's CPU goes at concurrency {max(r['concurrency'] for r in rows)} "
-                  "(py-spy, samples of the thread holding the GIL; share by innermost frame):", "",
+        lines += ["", f"Where the server's CPU goes at concurrency {max(levels)} on {loops[-1]} (an extra run "
+                  "under py-spy, not in the medians; samples of the thread holding the GIL; share by innermost "
+                  "frame):", "",
                   "| frame | share |", "|---|---|"]
         lines += [f"| `{f}` | {s} |" for f, s in frames]
         lines += ["", "Inclusive, alignserve's own functions (with everything they call):", "",
