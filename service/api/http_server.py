@@ -141,7 +141,7 @@ def server_config(app: Any, settings: Settings, drain_s: float) -> uvicorn.Confi
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, http=protocol_for(limits),
         # auto: uvloop when installed (a dependency on Linux), as `vllm serve` runs; on CPU it took
-        # 10 % less server CPU per streamed token at 256 streams (bench/results/http_overhead_cpu.md)
+        # 10 % less server CPU per streamed token at 256 streams (bench/results/http_overhead_loops_cpu.md)
         loop=settings.event_loop,
         timeout_graceful_shutdown=int(drain_s), timeout_keep_alive=settings.keep_alive_s,
         # h11's own bound on an incomplete head stays above ours, so that ours answers (431, JSON)
