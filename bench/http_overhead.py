@@ -248,12 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(30)
     prov = Provenance.collect(device_label("cpu"))
-    res = {"step_ms": args.step_ms, "max_tokens": args.max_tokens, "levels": rows, "hot_frames": frames, "inclusive_frames": inclusive,
+    res = {"step_ms": args.step_ms, "max_tokens": args.max_tokens, "levels": rows,
+           "hot_frames": frames, "inclusive_frames": inclusive,
            "client": "minimal raw-socket streaming client in a separate process (same machine)"}
     lines = [f"# alignserve HTTP path over a zero-cost engine ({prov.device})", "",
              f"Stand-in engine: one token per live request every {args.step_ms} ms, no compute; streamed "
              f"/v1/completions, {args.max_tokens} tokens each, EOS ignored; client and server share this machine.",
-             "", "| concurrency | output tok/s | ceiling tok/s | of ceiling | ITL p50 ms | server CPU µs/token | client CPU µs/token |",
+             "", "| concurrency | output tok/s | ceiling tok/s | of ceiling | ITL p50 ms | server CPU µs/token "
+             "| client CPU µs/token |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['concurrency']} | {r['output_tok_s']} | {r['ceiling_tok_s']} | {r['of_ceiling']} | "
               f"{r['median_itl_ms']} | {r['server_cpu_us_per_token']} | {r['client_cpu_us_per_token']} |" for r in rows]

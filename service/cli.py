@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, {
         "host": args.host, "port": args.port, "max_batch_size": args.max_batch_size,
         "max_queue": args.max_queue, "max_num_seqs": args.max_num_seqs,
-        "compile_concurrency": args.compile_concurrency,
+        "compile_concurrency": args.compile_concurrency, "vllm_pairing": args.vllm_pairing,
         "gpu_memory_utilization": args.gpu_memory_utilization, "request_timeout_s": args.request_timeout,
         "log_format": args.log_format, "reward_model": args.reward_model,
         "reward_gpu_memory_utilization": args.reward_gpu_memory_utilization,
@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
     serve.add_argument("--max-num-seqs", type=int,
                        help="vllm backend: requests in continuous batching at once (default 256)")
+    serve.add_argument("--vllm-pairing", choices=["sync", "async", "off"],
+                       help="vllm backend: Linear-Alignment pairs with synchronous scheduling (sync, default), "
+                       "with vLLM's async scheduling (async; not yet verified on a GPU), or no LA (off: every "
+                       "request gets vLLM's async scheduling, LA requests are refused)")
     serve.add_argument("--compile-concurrency", type=int,
                        help="vllm backend: vLLM requests a profile compile keeps in flight, 0 = no bound "
                        "(default 32); lower leaves more of the engine to live traffic while a profile compiles")

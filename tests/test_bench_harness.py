@@ -225,7 +225,8 @@ def no_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry_lists_every_phase_and_the_results_it_keeps() -> None:
-    assert set(SUITES) == {"gpu", "serve", "reward", "compile", "archs"}
+    assert set(SUITES) == {"gpu", "pairs", "serve", "reward", "compile", "archs"}
+    assert list(SUITES["pairs"].phases) == ["equivalence", "stress", "interleaved"]
     for suite in SUITES.values():
         assert suite.phases and all(text.strip() for text in suite.phases.values())
         assert suite.default and set(suite.default) <= set(suite.phases)

@@ -44,6 +44,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("gpu", "gpu", "vLLM engine vs the transformers reference: equivalence, stress, throughput",
           ("vllm_equivalence", "vllm_equivalence_float32", "vllm_stress", "vllm_throughput", "vllm_interleaved",
            "vllm_breakdown")),
+    Suite("pairs", "pairs", "LA pairing under async vs sync scheduling: equivalence, stress, interleaved tok/s",
+          ("vllm_pairs_equivalence", "vllm_pairs_stress", "vllm_pairs_interleaved")),
     Suite("serve", "serve", "alignserve serve --backend vllm end to end over HTTP", ("vllm_serve",)),
     Suite("reward", "reward", "the English reward model on vLLM: pooling runner, colocated, HTTP",
           ("vllm_reward",)),

@@ -20,7 +20,8 @@ def build_engine(settings: Settings) -> Engine:
         dtype = "bfloat16" if settings.dtype == "auto" else settings.dtype
         vs = VLLMSettings(max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
                           gpu_memory_utilization=settings.gpu_memory_utilization, dtype=dtype,
-                          compile_concurrency=settings.compile_concurrency)
+                          compile_concurrency=settings.compile_concurrency,
+                          pairing=settings.vllm_pairing != "off", pair_async=settings.vllm_pairing == "async")
         return VLLMEngine(path, vs,
                           default_system=settings.default_system_prompt)
     from transformers.utils import logging as hf_logging

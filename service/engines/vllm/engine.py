@@ -3,7 +3,7 @@
 How the pieces fit (details in ``vllm/DESIGN.md``): an LA request becomes two vLLM requests
 tagged as a pair in ``SamplingParams.extra_args``; ``PairedLinearAlignment`` (a batch-level
 logits processor) draws one token from the aligned distribution and forces it on both rows;
-``PairedScheduler`` commits a pair's token only when both rows sampled in the same step. Steering
+the paired scheduler commits a pair's token only from a step that sampled both rows. Steering
 vectors travel in ``extra_args`` too and are applied inside the model's forward by the model's own
 decoder layers and attention out-projections, wrapped at load time (``worker.AlignserveWorker``),
 so CUDA graphs stay on — for any decoder family ``decoder_layout`` knows, at any TP size. vLLM
@@ -67,8 +67,11 @@ class VLLMSettings:
     steer_slots: int = 3 * 64 + 1
     strict_pairs: bool = False  # raise inside the engine if a pair ever leaves lock-step
     glue: bool = True  # False: stock vLLM (no pairing, no steering) — the benchmark baseline
-    pairing: bool = True  # LA pairs (scheduler + logits processor); needs synchronous scheduling
-    async_scheduling: bool | None = None  # None: vLLM's default where pairing allows it
+    pairing: bool = True  # LA pairs (scheduler + logits processor); False: no LA, vLLM's async scheduling
+    # LA pairs under vLLM's async scheduling (scheduler.AsyncPairedScheduler). Off until the GPU
+    # equivalence run (`python -m bench.vllm_bench pair_async`) has passed; see DESIGN.md.
+    pair_async: bool = False
+    async_scheduling: bool | None = None  # engines without pairing: None = vLLM's default (async)
     cudagraph_sizes: list[int] | None = None
     # vLLM requests a profile compile keeps in flight (0: no bound). The head-selection readout is
     # thousands of one-token requests; bounding them leaves the engine to the live traffic.
@@ -100,8 +103,9 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
                   additional_config={"alignserve_steer_slots": s.steer_slots,
                                      "alignserve_strict_pairs": s.strict_pairs})
         if s.pairing:
+            sched = "AsyncPairedScheduler" if s.pair_async else "PairedScheduler"
             kw.update(logits_processors=[f"{GLUE}.logits:PairedLinearAlignment"],
-                      scheduler_cls=f"{GLUE}.scheduler.PairedScheduler", async_scheduling=False)
+                      scheduler_cls=f"{GLUE}.scheduler.{sched}", async_scheduling=s.pair_async)
     kw.update(s.extra)
     return AsyncEngineArgs(**kw)
 

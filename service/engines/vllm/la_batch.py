@@ -9,8 +9,8 @@ Every paired row is forced to one token (0 at it, -inf elsewhere; paired rows ar
 sampler). A pair with both rows in the step's logits gets its aligned token on both. Every other
 paired row — its partner unknown, or at a row index beyond this step's logits — is forced to a
 token fixed by its role (``VETO_TOKEN``): the two rows of a pair can then never agree unless both
-were aligned together, so ``pairing.vetoes`` discards the step for that pair, and the other pairs
-proceed normally. (Leaving such rows to their own logits would let two greedy rows that happen to
+were aligned together; the scheduler discards such a row's token (``pairing.lone_steps``), and the
+other pairs proceed normally. (Leaving such rows to their own logits would let two greedy rows that happen to
 share an argmax commit a token that was never aligned.)
 """
 

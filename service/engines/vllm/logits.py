@@ -5,9 +5,9 @@ vLLM). For every LA pair whose two rows are in the batch, the aligned logits are
 principle row (``l_in``) and the plain row (``l_out``) and one token is drawn with the request's
 settings (``service.alignment.decoding``, the code the transformers engine runs); both rows are
 forced to it, so vLLM's sampler — greedy for paired rows — emits it on both. A paired row that
-cannot be aligned this step is forced to a role-specific token so the pair disagrees and the
-scheduler (``scheduler.PairedScheduler``) vetoes it; whether a token is committed is always the
-scheduler's call.
+cannot be aligned this step is forced to a role-specific token, which the scheduler
+(``scheduler.PairedScheduler`` / ``AsyncPairedScheduler``) discards; whether a token is committed
+is always the scheduler's call.
 """
 
 from __future__ import annotations
