@@ -45,7 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "max_batch_size": args.max_batch_size,
         "max_queue": args.max_queue, "max_num_seqs": args.max_num_seqs,
         "compile_concurrency": args.compile_concurrency, "vllm_pairing": args.vllm_pairing,
-        "gpu_memory_utilization": args.gpu_memory_utilization, "request_timeout_s": args.request_timeout,
+        "gpu_memory_utilization": args.gpu_memory_utilization, "kv_cache_blocks": args.kv_cache_blocks,
+        "request_timeout_s": args.request_timeout,
         "log_format": args.log_format, "reward_model": args.reward_model,
         "reward_gpu_memory_utilization": args.reward_gpu_memory_utilization,
         "served_model_name": args.served_model_name,
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default 32); lower leaves more of the engine to live traffic while a profile compiles")
     serve.add_argument("--gpu-memory-utilization", type=float,
                        help="vllm backend: share of GPU memory for weights and KV cache (default 0.85)")
+    serve.add_argument("--kv-cache-blocks", type=int,
+                       help="vllm backend: KV-cache blocks of 16 tokens instead of what "
+                       "--gpu-memory-utilization leaves (at least one --max-model-len sequence must fit)")
     serve.add_argument("--reward-model",
                        help="English RM for /score method 'reward_model': auto (default: the shipped head when "
                        "serving the embedded model), none, embedded, or a folder/hub id of an HF "

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         "at all (off: LA requests are refused, everything else gets vLLM's async scheduling)")
     gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98,
                                           description="vLLM: share of GPU memory for weights + KV cache")
+    kv_cache_blocks: int | None = Field(None, ge=1, description="vLLM: KV-cache blocks (16 tokens each) "
+                                        "instead of what gpu_memory_utilization leaves; at least one "
+                                        "max_model_len sequence must fit")
     reward_model: str = Field(
         "auto", description="English reward model for /score method 'reward_model': auto (the shipped "
         "head when serving the embedded model), none, embedded, or a folder/hub id of an HF "

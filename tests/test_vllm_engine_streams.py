@@ -76,6 +76,7 @@ def engine(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Iterator[VL
     eng.steer_capacity, eng._steer_users, eng._steer_cond = 2, {}, None
     eng.steerable = True
     eng.max_model_len = 256
+    eng.kv_tokens, eng.kv_block = None, 16
     eng.cancel_poll_s = 0.01
     eng.tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     eng.prompts = ChatPrompts(eng.tokenizer, "sys")
@@ -158,3 +159,35 @@ def test_raw_prompt_streams_are_the_tokenizers_ids(engine: VLLMEngine) -> None:
     assert plain == tok(text)["input_ids"] and lead == tok(f"Be brief.\n\n{text}")["input_ids"]
     assert (res.prompt_tokens, res.principle_prompt_tokens) == (len(plain), len(lead))
     assert engine.prompt_size(req.messages, "Be brief.").plain == len(plain)
+
+
+def test_la_pair_larger_than_the_kv_cache_is_refused(engine: VLLMEngine) -> None:
+    """An LA pair needs both sequences in the KV cache at once: a pair that cannot fit would never
+    be scheduled, so it is refused (413) before vLLM sees it; a plain request of the same size fits."""
+    from service.domain.errors import TooLarge
+    from service.domain.generation import rejected
+    from service.engines.base import RequestRejected
+
+    plain_len = len(engine.prompts.streams(_request(la=False).messages, None, "system")[0])
+    engine.kv_tokens = -(-(plain_len + 4) // 16) * 16 + 16  # one plain stream fits, a pair does not
+    assert engine.submit(_request(la=False)).result(10).token_ids == [11, 12, 13, 14]
+    with pytest.raises(RequestRejected) as err:
+        engine.submit(_request(la=True)).result(10)
+    assert err.value.code == "exceeds_kv_budget" and "KV-cache" in str(err.value)
+    assert isinstance(rejected(err.value), TooLarge)
+    assert not any(rid.endswith(("-p", "-b")) for rid in engine.llm.params)  # nothing reached vLLM
+    engine.kv_tokens = 4096
+    assert engine.submit(_request(la=True)).result(10).token_ids == [11, 12, 13, 14]
+
+
+def test_kv_budget_rounds_each_sequence_to_blocks() -> None:
+    from service.engines.base import RequestRejected
+    from service.engines.vllm.engine import check_kv_budget
+
+    check_kv_budget(None, 16, [10_000, 10_000], 10_000)  # unknown cache: no check
+    check_kv_budget(64, 16, [10, 10], 6)  # 16 tokens -> 1 block each: 32 <= 64
+    check_kv_budget(64, 16, [17, 17], 15)  # 32 + 32 = 64 fits exactly
+    with pytest.raises(RequestRejected):
+        check_kv_budget(64, 16, [17, 17], 16)  # 33 tokens -> 3 blocks each = 96 > 64
+    with pytest.raises(RequestRejected):
+        check_kv_budget(56, 16, [1, 1], 24)  # 25 -> 2 blocks each: 64 > 56 (unrounded, 50 would fit)

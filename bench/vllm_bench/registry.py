@@ -51,6 +51,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           ("vllm_reward",)),
     Suite("compile", "compile", "Activation-RM compile on the vLLM engine vs the transformers reference",
           ("vllm_compile",)),
+    Suite("faults", "faults", "faults over HTTP: KV budget, memory pressure, engine cores killed, CUDA OOM",
+          ("vllm_faults",)),
     Suite("archs", "archs", "eight decoder families: steering, LA and head capture vs the transformers reference",
           ("vllm_archs",)),
 )}

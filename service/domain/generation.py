@@ -131,7 +131,7 @@ def with_la_overrides(profile: ResolvedProfile, overrides: Mapping[str, Any]) ->
 
 def rejected(exc: RequestRejected) -> DomainError:
     """An engine's refusal as the domain error the API maps to a 4xx."""
-    kind = TooLarge if exc.code == "prompt_too_long" else InvalidInput
+    kind = TooLarge if exc.code in ("prompt_too_long", "exceeds_kv_budget") else InvalidInput
     return kind(exc.code, str(exc))
 
 

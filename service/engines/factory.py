@@ -20,6 +20,7 @@ def build_engine(settings: Settings) -> Engine:
         dtype = "bfloat16" if settings.dtype == "auto" else settings.dtype
         vs = VLLMSettings(max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
                           gpu_memory_utilization=settings.gpu_memory_utilization, dtype=dtype,
+                          num_gpu_blocks=settings.kv_cache_blocks,
                           compile_concurrency=settings.compile_concurrency,
                           pairing=settings.vllm_pairing != "off", pair_async=settings.vllm_pairing == "async")
         return VLLMEngine(path, vs,

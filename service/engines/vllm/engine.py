@@ -110,6 +110,22 @@ def engine_args(model_path: str, s: VLLMSettings) -> Any:
     return AsyncEngineArgs(**kw)
 
 
+def check_kv_budget(kv_tokens: int | None, block: int, prompt_lens: list[int], max_tokens: int) -> None:
+    """Refuse a request whose streams can never be in the KV cache at once (``exceeds_kv_budget``,
+    413). An LA pair decodes only while both of its sequences hold their blocks, so a pair larger
+    than the whole cache would wait forever; vLLM itself only checks one sequence against
+    max_model_len. Each sequence is rounded up to whole blocks, as vLLM allocates."""
+    if kv_tokens is None:
+        return
+    need = sum(-(-(n + max_tokens) // block) * block for n in prompt_lens)
+    if need > kv_tokens:
+        what = "an LA request's two streams" if len(prompt_lens) > 1 else "this request"
+        raise RequestRejected("exceeds_kv_budget",
+                              f"{what} need up to {need} KV-cache tokens (prompts {prompt_lens}, max_tokens "
+                              f"{max_tokens}); the engine's KV cache holds {kv_tokens}: lower max_tokens or "
+                              "shorten the prompt")
+
+
 class VLLMEngine:
     backend = "vllm"
 
@@ -139,6 +155,10 @@ class VLLMEngine:
         self._thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
         self._thread.start()
         self.llm: Any = self.call(self._start(model_path))
+        # KV-cache tokens the engine core allocated (it reports its block count at start-up)
+        cache = self.llm.vllm_config.cache_config
+        self.kv_block = int(cache.block_size or 16)
+        self.kv_tokens: int | None = int(cache.num_gpu_blocks) * self.kv_block if cache.num_gpu_blocks else None
         # one entry per rank: what AlignserveWorker attached at load time (or why it did not)
         self.steering_info: list[dict[str, Any]] = (
             list(self.call(self.llm.collective_rpc("alignserve_steering_info"))) if self.settings.glue else [])
@@ -270,6 +290,8 @@ class VLLMEngine:
         if max_tokens < 1:
             raise RequestRejected("prompt_too_long",
                                   f"prompt of {longest} tokens leaves no room under max_model_len {self.max_model_len}")
+        lens = [len(plain)] if la is None else [len(principle or []), len(plain)]
+        check_kv_budget(self.kv_tokens, self.kv_block, lens, max_tokens)
         rid = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
         streams: list[tuple[str, list[int], Any]] = []
         if la is None:
