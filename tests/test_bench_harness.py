@@ -225,7 +225,7 @@ def no_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry_lists_every_phase_and_the_results_it_keeps() -> None:
-    assert set(SUITES) == {"gpu", "pairs", "serve", "reward", "compile", "archs"}
+    assert set(SUITES) == {"gpu", "pairs", "serve", "reward", "compile", "faults", "archs"}
     assert list(SUITES["pairs"].phases) == ["equivalence", "stress", "interleaved"]
     for suite in SUITES.values():
         assert suite.phases and all(text.strip() for text in suite.phases.values())

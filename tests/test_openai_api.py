@@ -20,9 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.engines.transformers.engine import TransformersEngine
 
 from .conftest import make_settings
 from .server_proc import ServerProc, serve_in_thread, start_server
+from .tiny_model import greedy_continuation
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +57,8 @@ def native(srv: ServerProc, **body: Any) -> dict[str, Any]:
 
 
 def chat(client: openai.OpenAI, **kw: Any) -> Any:
-    kw = {"max_tokens": 12, "temperature": 0, **kw}
-    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}], **kw)
+    kw = {"max_tokens": 12, "temperature": 0, "messages": [{"role": "user", "content": PROMPT}], **kw}
+    return client.chat.completions.create(model=MODEL, **kw)
 
 
 def metric(base: str, prefix: str) -> float:
@@ -141,17 +143,55 @@ def test_chat_stream_with_usage(server: ServerProc) -> None:
     assert all(b.startswith("data: ") for b in blocks) and blocks[-1] == "data: [DONE]"
 
 
-def test_completions(server: ServerProc) -> None:
-    client = sdk(server.base)
-    resp = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0)
-    assert resp.object == "text_completion" and resp.choices[0].text == native(server)["text"]
-    assert resp.choices[0].finish_reason == "length" and resp.usage is not None
-    default = client.completions.create(model=MODEL, prompt=[PROMPT], temperature=0, extra_body={"ignore_eos": True})
+RAW = "The capital of France is"
+
+
+def complete(client: openai.OpenAI, prompt: str | list[str] = RAW, **kw: Any) -> Any:
+    kw = {"max_tokens": 12, "temperature": 0, **kw}
+    return client.completions.create(model=MODEL, prompt=prompt, **kw)
+
+
+def test_completions_continue_the_raw_prompt(server: ServerProc, tiny_engine: TransformersEngine) -> None:
+    """OpenAI's and vLLM's completions continue the prompt text itself: ``tokenizer(prompt)``, no chat
+    template and no default system message; chats keep theirs."""
+    client, tok = sdk(server.base), tiny_engine.tokenizer
+    raw_ids = tok(RAW)["input_ids"]
+    resp = complete(client, extra_body={"ignore_eos": True})
+    assert resp.object == "text_completion" and resp.choices[0].finish_reason == "length"
+    assert resp.choices[0].text == tok.decode(greedy_continuation(tiny_engine.model, raw_ids, 12),
+                                              skip_special_tokens=True)
+    assert resp.usage is not None and resp.usage.prompt_tokens == len(raw_ids) and resp.usage.completion_tokens == 12
+    as_chat = chat(client, messages=[{"role": "user", "content": RAW}], extra_body={"ignore_eos": True})
+    assert as_chat.usage.prompt_tokens > len(raw_ids)  # the template and the default system message
+    assert as_chat.choices[0].message.content != resp.choices[0].text
+    assert resp.model_extra["alignserve"]["alignment"]["method"] == "none"
+    default = client.completions.create(model=MODEL, prompt=[RAW], temperature=0, extra_body={"ignore_eos": True})
     assert default.usage is not None and default.usage.completion_tokens == 16  # OpenAI's default max_tokens
-    streamed = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0,
-                                              stream=True, stream_options={"include_usage": True}))
+    assert default.choices[0].text.startswith(resp.choices[0].text)
+    streamed = list(complete(client, stream=True, stream_options={"include_usage": True},
+                             extra_body={"ignore_eos": True}))
     assert "".join(c.choices[0].text for c in streamed if c.choices) == resp.choices[0].text
     assert streamed[-1].usage is not None and streamed[-1].usage.completion_tokens == 12
+    assert streamed[-1].usage.prompt_tokens == len(raw_ids)
+
+
+def test_completions_linear_alignment_on_the_raw_prompt(server: ServerProc, tiny_engine: TransformersEngine) -> None:
+    """The principle stream of a raw prompt is the principle as its leading paragraph."""
+    client, tok = sdk(server.base), tiny_engine.tokenizer
+    plain = complete(client).choices[0].text
+    typed = complete(client, extra_body={"alignserve": {"profile": "ja"}})
+    flat = complete(client, extra_body={"vllm_xargs": {"alignserve_profile": "ja"}})
+    again = complete(client, extra_body={"alignserve": {"profile": "ja"}})
+    assert typed.choices[0].text == flat.choices[0].text == again.choices[0].text != plain
+    report = typed.model_extra["alignserve"]
+    assert report["alignment"]["method"] == "linear_alignment" and report["alignment"]["principle"] == PRINCIPLE
+    assert report["principle_prompt_tokens"] == len(tok(f"{PRINCIPLE}\n\n{RAW}")["input_ids"])
+    assert typed.usage.prompt_tokens == len(tok(RAW)["input_ids"])
+    # placement has no effect on a raw prompt (no system or user slot)
+    user = complete(client, extra_body={"alignserve": {"profile": "ja", "la": {"placement": "user"}}})
+    assert user.choices[0].text == typed.choices[0].text
+    streamed = list(complete(client, stream=True, extra_body={"alignserve": {"profile": "ja"}}))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == typed.choices[0].text
 
 
 def _bench_stream(base: str, path: str, payload: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
@@ -207,10 +247,9 @@ def test_alignment_extras_change_output_exactly_as_generate(server: ServerProc) 
     over_typed = chat(client, extra_body={"alignserve": {"profile": "ja", "la": {"strength": 0.5}}})
     over_flat = chat(client, extra_body={"vllm_xargs": {"alignserve_profile": "ja", "alignserve_la_strength": "0.5"}})
     inline_flat = chat(client, extra_body={"vllm_xargs": {"alignserve_profile": json.dumps(inline)}})
-    inline_typed = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0,
-                                             extra_body={"alignserve": {"profile": inline}})
+    inline_typed = chat(client, extra_body={"alignserve": {"profile": inline}})
     assert {over_typed.choices[0].message.content, over_flat.choices[0].message.content,
-            inline_flat.choices[0].message.content, inline_typed.choices[0].text} == {weaker["text"]}
+            inline_flat.choices[0].message.content, inline_typed.choices[0].message.content} == {weaker["text"]}
     assert over_typed.model_extra["alignserve"]["alignment"]["profile"] == "ja@1"
 
     # the "done when" of issue 19: a streamed chat with a stored profile from the SDK
@@ -257,6 +296,8 @@ def test_errors_in_openai_shape(server: ServerProc) -> None:
     assert err.param == "vllm_xargs.alignserve_la_strength"
     err = _raises(openai.BadRequestError, client.completions.create, model=MODEL, prompt=[PROMPT, PROMPT])
     assert err.param == "prompt"
+    err = _raises(openai.BadRequestError, client.completions.create, model=MODEL, prompt="hello " * 1500)
+    assert err.code == "context_length_exceeded" and err.param == "prompt"
     # streaming requests fail before the stream starts, with the same errors
     _raises(openai.NotFoundError, create, model="gpt-4o", messages=msgs, stream=True)
     # the rest of alignserve keeps its own shape

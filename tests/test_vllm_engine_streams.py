@@ -22,7 +22,7 @@ import pytest
 from service.alignment.linear_alignment import LinearAlignmentConfig
 from service.alignment.sampling import SamplingParams
 from service.alignment.spec import AlignmentSpec
-from service.engines.base import GenerationRequest, TokenEvent
+from service.engines.base import GenerationRequest, TokenEvent, completion_prompt
 from service.engines.chat import ChatPrompts
 from service.engines.vllm.engine import VLLMEngine, VLLMSettings
 
@@ -39,10 +39,12 @@ class FakeLLM:
     def __init__(self, tokens: list[int]) -> None:
         self.tokens = tokens
         self.params: dict[str, Any] = {}
+        self.prompts: dict[str, list[int]] = {}
         self.aborted: list[str] = []
 
     async def generate(self, prompt: dict[str, Any], sp: Any, request_id: str) -> AsyncIterator[Any]:
         self.params[request_id] = sp
+        self.prompts[request_id] = list(prompt["prompt_token_ids"])
         for i, tok in enumerate(self.tokens[: sp.max_tokens]):
             await asyncio.sleep(0.001)
             last = i == min(len(self.tokens), sp.max_tokens) - 1
@@ -142,6 +144,21 @@ def test_steering_spec_is_converted_once_per_request(engine: VLLMEngine, monkeyp
     assert calls == {"args": 1, "key": 1}  # not once per stream, admission and prompt
     sps = list(engine.llm.params.values())
     assert len(sps) == 2 and all(sp.extra_args["alignserve"]["steer"][0]["layer"] == 0 for sp in sps)
+
+
+def test_raw_prompt_streams_are_the_tokenizers_ids(engine: VLLMEngine) -> None:
+    """A raw text prompt reaches vLLM as ``tokenizer(text)`` (no template, no default system), its
+    principle stream as ``tokenizer(principle + "\n\n" + text)``."""
+    text, tok = "The capital of France is", engine.tokenizer
+    req = _request(la=True)
+    req.messages = completion_prompt(text)
+    res = engine.submit(req).result(10)
+    prompts = engine.llm.prompts
+    lead = next(p for rid, p in prompts.items() if rid.endswith("-p"))
+    plain = next(p for rid, p in prompts.items() if rid.endswith("-b"))
+    assert plain == tok(text)["input_ids"] and lead == tok(f"Be brief.\n\n{text}")["input_ids"]
+    assert (res.prompt_tokens, res.principle_prompt_tokens) == (len(plain), len(lead))
+    assert engine.prompt_size(req.messages, "Be brief.").plain == len(plain)
 
 
 def test_la_pair_larger_than_the_kv_cache_is_refused(engine: VLLMEngine) -> None:

@@ -56,3 +56,14 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     GenerationConfig(eos_token_id=[cfg.eos_token_id]).save_pretrained(path)
     return path
+
+
+@torch.inference_mode()
+def greedy_continuation(model: torch.nn.Module, ids: list[int], n: int) -> list[int]:
+    """``n`` greedy tokens after ``ids``, one full forward per token and EOS not special (what an
+    engine decodes with ``ignore_eos``): a reference independent of the engines' batching and caches."""
+    out: list[int] = []
+    for _ in range(n):
+        logits = model(torch.tensor([ids + out])).logits[0, -1]
+        out.append(int(logits.argmax()))
+    return out

@@ -22,7 +22,15 @@ from starlette.concurrency import run_in_threadpool
 
 from ..alignment.sampling import SamplingParams
 from ..alignment.spec import AlignmentSpec
-from ..engines.base import Engine, GenerationRequest, GenerationResult, Message, RequestRejected, TokenEvent
+from ..engines.base import (
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    Message,
+    RequestRejected,
+    TokenEvent,
+    raw_prompt,
+)
 from ..language.fidelity import LanguageReport
 from ..scheduling.worker import Overloaded as QueueFull
 from ..scheduling.worker import WorkerStopped
@@ -135,6 +143,10 @@ def engine_result(fut: asyncio.Future[GenerationResult]) -> GenerationResult:
 
 
 def last_user(messages: list[Message]) -> str:
+    """The text the language checks read: the last user message, or a raw text prompt itself."""
+    raw = raw_prompt(messages)
+    if raw is not None:
+        return raw
     return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
 
@@ -198,7 +210,8 @@ class Generations:
         if size.longest >= engine.max_model_len:
             raise TooLarge("prompt_too_long",
                            f"prompt is {size.longest} tokens (with the principle); this model takes at most "
-                           f"{engine.max_model_len - 1} prompt tokens", param="messages")
+                           f"{engine.max_model_len - 1} prompt tokens",
+                           param="prompt" if raw_prompt(cmd.messages) is not None else "messages")
         sampling = SamplingParams(max_tokens=max_tokens, temperature=cmd.temperature, top_p=cmd.top_p,
                                   top_k=cmd.top_k, seed=cmd.seed, stop=tuple(cmd.stop), ignore_eos=cmd.ignore_eos)
         req = GenerationRequest(request_id=f"gen-{uuid.uuid4().hex[:16]}", messages=cmd.messages,

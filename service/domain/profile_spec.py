@@ -35,7 +35,8 @@ class LASettings(Strict):
     plausibility_top_p: float = Field(0.8, gt=0.0, le=1.0)
     plausibility_temperature: float = Field(0.5, ge=0.01, le=10.0)
     placement: Literal["system", "user"] = Field(
-        "system", description="principle appended to the system message, or put before the last user message")
+        "system", description="principle appended to the system message, or put before the last user message "
+        "(no effect on /v1/completions' raw prompts: the principle leads the prompt text there)")
     sampling: Literal["request", "authors"] = Field(
         "request", description="sampled requests: the request's temperature/top-k/top-p on the aligned logits, or "
         "the authors' code: one temperature (plausibility_temperature) for mask and draw, no top-k/top-p")

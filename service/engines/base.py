@@ -2,6 +2,15 @@
 
 Requests carry their own ``AlignmentSpec`` so that one batch can mix plain, Linear-Alignment and
 steered requests with different settings.
+
+Prompts are conversations (``list[Message]``) rendered under the model's chat template, with one
+convention: a conversation of exactly one message whose role is ``COMPLETION_ROLE`` is a *raw text
+prompt* (OpenAI's ``/v1/completions``), tokenised as ``tokenizer(text)`` with no template and no
+default system message. A marker role rather than a new field keeps the Engine protocol,
+``GenerationRequest`` and the worker unchanged, and ``ChatPrompts`` (the one place both engines
+tokenise through) handles it for generation and the prompt budget alike. The role cannot come from
+a client (the API schemas accept only system/user/assistant/developer), only from
+``completion_prompt``; template-only paths (reward readouts, head capture) refuse it.
 """
 
 from __future__ import annotations
@@ -18,6 +27,22 @@ from ..alignment.spec import AlignmentSpec, SteeringVector
 
 Message = dict[str, str]
 FinishReason = Literal["stop", "length", "cancelled"]
+
+COMPLETION_ROLE = "completion"  # the role of a raw text prompt's only message (see the module docstring)
+
+
+def completion_prompt(text: str) -> list[Message]:
+    """The conversation that stands for the raw text prompt ``text`` (continued, not answered)."""
+    return [{"role": COMPLETION_ROLE, "content": text}]
+
+
+def raw_prompt(messages: Sequence[Message]) -> str | None:
+    """The text of a raw prompt made by ``completion_prompt``, or None for a chat conversation."""
+    if len(messages) == 1 and messages[0]["role"] == COMPLETION_ROLE:
+        return messages[0]["content"]
+    if any(m["role"] == COMPLETION_ROLE for m in messages):
+        raise ValueError(f"a {COMPLETION_ROLE!r} message must be a conversation's only message")
+    return None
 
 
 class RequestRejected(ValueError):

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from ...domain.errors import DomainError
 from ...domain.generation import GenerateCommand, Generation, Outcome
-from ...engines.base import Message
+from ...engines.base import Message, completion_prompt
 from ...runtime import Runtime
 from ..auth import require
 from ..deps import get_runtime
@@ -232,12 +232,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
 @router.post("/completions", response_model=Completion, responses={**_ERRORS, 200: _STREAM},
              dependencies=[Depends(require("generate"))])
 async def completions(body: CompletionRequest, request: Request, rt: Runtime = Depends(get_runtime)) -> Any:
-    """OpenAI's (legacy) text completion. The prompt goes to the model as one user message under its
-    chat template (alignserve's engines decode conversations: Linear Alignment needs the system slot
-    for the principle), so this is a single-turn chat with OpenAI's completion shapes."""
+    """OpenAI's (legacy) text completion: the raw prompt is continued, as OpenAI's and vLLM's are (no
+    chat template, no default system message; ``tokenizer(prompt)`` with its special tokens). Linear
+    Alignment's principle stream puts the principle before the prompt as a leading paragraph
+    (``placement`` has no effect); steering applies as on chats."""
     _check_model(rt, body.model)
     _refuse_unsupported(body.unsupported())
-    cmd = command_of(body, [{"role": "user", "content": body.prompt_text()}], body.max_tokens, "/v1/completions")
+    cmd = command_of(body, completion_prompt(body.prompt_text()), body.max_tokens, "/v1/completions")
     gen = await _start(rt, request, body, cmd)
     cid, created, model = f"cmpl-{gen.id}", int(time.time()), rt.served_model_name
     if not body.stream:

@@ -237,8 +237,8 @@ class ChatCompletionChunk(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(..., description="one prompt (a list of one string is accepted); it is "
-                                    "sent to the model as a user message under its chat template")
+    prompt: str | list[str] = Field(..., description="one prompt (a list of one string is accepted); the raw "
+                                    "text is continued (no chat template), as OpenAI's and vLLM's completions")
     max_tokens: int | None = Field(16, ge=1, description="default 16, as OpenAI's")
     echo: bool = Field(False, description="accepted only false")
     logprobs: int | None = Field(None, ge=0, le=5, description="accepted only null or 0")

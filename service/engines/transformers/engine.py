@@ -122,7 +122,7 @@ class TransformersEngine:
 
     # ---- prompts -------------------------------------------------------------------------
     def encode_chat(self, messages: list[Message]) -> list[int]:
-        return self.prompts.encode(messages)
+        return self.prompts.encode_chat(messages)
 
     def _streams(self, req: GenerationRequest) -> tuple[list[int], list[int] | None]:
         la = req.alignment.la

@@ -206,7 +206,7 @@ class VLLMEngine:
 
     # ---- prompts -------------------------------------------------------------------------
     def encode_chat(self, messages: list[Message]) -> list[int]:
-        return self.prompts.encode(messages)
+        return self.prompts.encode_chat(messages)
 
     def prompt_size(self, messages: list[Message], principle: str | None, placement: str = "system") -> PromptSize:
         return self.prompts.size(messages, principle, placement)
