@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..engines.base import EngineStats
+from .token_histogram import TokenHistogram
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ class Metrics:
         self.ttft = Histogram("alignserve_time_to_first_token_seconds",
                               "From request arrival to the first generated token (queueing included)",
                               buckets=LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("alignserve_inter_token_latency_seconds", "Time between generated tokens",
-                             buckets=ITL_BUCKETS, registry=r)
+        # observed for every token of every stream: a lock-free per-thread histogram (token_histogram.py)
+        self.itl = TokenHistogram("alignserve_inter_token_latency_seconds", "Time between generated tokens",
+                                  ITL_BUCKETS, r)
         self.queue_time = Histogram("alignserve_queue_time_seconds", "Time a request waited for the engine",
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("alignserve_prompt_tokens", "Prompt tokens (plain stream)", registry=r)
