@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Build everything the offline GPU host needs besides vLLM (../shared/gpu/prepare.sh makes .stage1..5):
+#   .gpuw   the service's wheels the CUDA image lacks (for cp312) and the embedded model's tokenizer files
+#   .gg1..N the embedded model's GGUF in parts of 57 MB (each call carries one, plus the ~2.6 MB tree: < 64 MiB)
+# Device calls, back to back: one per .stageK (cp -r .stageK/. /tmp/stage/), one per .ggK
+# (mkdir -p /tmp/gstage && cp .ggK/* /tmp/gstage/), the last one also carrying .gpuw; then
+# bench/gpu/session_a.sh, session_b.sh, session_c.sh (each runs bench/gpu/host_setup.sh first).
+# Run from the repository root after `alignserve models pull`. All folders are git-ignored.
+set -euo pipefail
+H=${ALIGNSERVE_HOME:-$HOME/.cache/alignserve}/models/qwen2.5-coder-0.5b-instruct
+[ -f "$H/model.gguf" ] || alignserve models pull
+rm -rf .gpuw .gg[0-9]* && mkdir -p .gpuw/whl .gpuw/tok
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+  -d .gpuw/whl sqlalchemy pydantic-settings python-dotenv greenlet model_hosting_container_standards jmespath \
+  supervisor gguf uvloop 2>&1 | grep -v '^WARNING' || true
+python3 -m pip wheel -q --no-deps -w .gpuw/whl "langid==1.1.6"  # sdist only on PyPI; pure Python
+cp "$H/hf/tokenizer.json" "$H/hf/tokenizer_config.json" "$H/hf/chat_template.jinja" .gpuw/tok/
+T=$(mktemp -d) && split -b 57M -d "$H/model.gguf" "$T/gguf.part."
+n=0; for f in "$T"/gguf.part.*; do n=$((n+1)); mkdir -p ".gg$n"; mv "$f" ".gg$n/"; done; rmdir "$T"
+for p in '/.gpuw/' '/.gg*/' '/.stage*/'; do grep -qxF "$p" .git/info/exclude 2>/dev/null || echo "$p" >> .git/info/exclude; done
+du -sh .gpuw .gg[0-9]*
+echo "$n model parts"
