@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "served_model_name": args.served_model_name,
         "header_timeout_s": args.header_timeout, "body_timeout_s": args.body_timeout,
         "keep_alive_s": args.keep_alive_timeout, "max_header_bytes": args.max_header_bytes,
-        "max_connections": args.max_connections, "event_loop": args.loop,
+        "max_connections": args.max_connections, "event_loop": args.loop, "http": args.http,
     })
     configure_logging(settings.log_level, settings.log_format)
     health = EngineHealth()
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout", type=float, help="seconds per request before 504 (default 300)")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="seconds to finish work on SIGTERM or after the engine died (default 30)")
+    serve.add_argument("--http", choices=["auto", "httptools", "h11"],
+                       help="the HTTP/1.1 parser: auto (default: httptools when installed), httptools, h11")
     serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"],
                        help="the server's event loop: auto (default: uvloop when installed), uvloop, asyncio")
     conn = serve.add_argument_group("slow or hostile clients")

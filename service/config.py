@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
     max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; 431 beyond")
     max_connections: int = Field(1024, ge=1, description="open connections; requests on more get 503")
+    http: Literal["auto", "httptools", "h11"] = Field(
+        "auto", description="the HTTP/1.1 parser: auto (httptools when installed), httptools or h11")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="the server's event loop: auto (uvloop when installed), uvloop or asyncio")
     default_system_prompt: str = Field(

@@ -22,13 +22,15 @@ pytestmark = pytest.mark.slow
 HEADER_TIMEOUT, BODY_TIMEOUT, MAX_HEADER, MAX_BODY, MAX_CONNECTIONS = 1.0, 1.5, 8192, 4096, 12
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[ServerProc]:
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+        tiny_model_dir: Path) -> Iterator[ServerProc]:
+    """The real server on each HTTP/1.1 parser (httptools is the default; h11 the fallback)."""
     home = tmp_path_factory.mktemp("hostile")
     proc = start_server(home, tiny_model_dir, env={"ALIGNSERVE_MAX_BODY_BYTES": str(MAX_BODY)},
                         extra=["--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
                                "--max-header-bytes", str(MAX_HEADER), "--max-connections", str(MAX_CONNECTIONS),
-                               "--drain-timeout", "2"])
+                               "--drain-timeout", "2", "--http", request.param])
     try:
         yield proc
     finally:
@@ -148,6 +150,20 @@ def test_huge_header_in_one_piece_gets_431(srv: ServerProc) -> None:
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
     status, headers, body, _ = read_response(s)
     assert status == 431 and error_of(headers, body)["type"] == "headers_too_large"
+
+
+def test_pipelined_huge_header_after_a_small_request_gets_431(srv: ServerProc) -> None:
+    """Both requests in one write: the first is answered, the second's head is refused (431)."""
+    s = connect(srv)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MAX_HEADER) + b"\r\n\r\n")
+    data = b""
+    while chunk := s.recv(65536):  # the server closes the connection after the 431
+        data += chunk
+    first, _, rest = data.partition(b"\r\n\r\n")
+    second = rest[rest.find(b"HTTP/1.1 "):]
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 431"), data[:400]
+    assert b'"headers_too_large"' in second
 
 
 def test_huge_header_trickled_gets_431(srv: ServerProc) -> None:

@@ -52,3 +52,14 @@ def test_server_runs_on_uvloop_by_default_and_asyncio_on_request() -> None:
     assert auto is not None and isinstance(auto(), uvloop.Loop)
     plain = server_config(object(), Settings(event_loop="asyncio"), 5.0).get_loop_factory()
     assert plain is not None and not isinstance(plain(), uvloop.Loop) and isinstance(plain(), asyncio.AbstractEventLoop)
+
+
+def test_server_parses_with_httptools_by_default_and_h11_on_request() -> None:
+    from service.api.http_server import GuardedH11Protocol, GuardedHttpToolsProtocol, server_config
+    from service.config import Settings
+
+    default = server_config(object(), Settings(), 5.0).http
+    h11 = server_config(object(), Settings(http="h11"), 5.0).http
+    assert isinstance(default, type) and issubclass(default, GuardedHttpToolsProtocol)
+    assert isinstance(h11, type) and issubclass(h11, GuardedH11Protocol) and not issubclass(h11, GuardedHttpToolsProtocol)
+    assert default.limits.max_header_bytes == Settings().max_header_bytes  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The HTTP server around the app: uvicorn's h11 protocol with deadlines and bounds for slow or
+"""The HTTP server around the app: uvicorn's httptools (or h11) protocol with deadlines and bounds for slow or
 hostile clients, and the process policy when the engine dies (drain, then exit non-zero).
 
 Why a protocol subclass: uvicorn has no deadline for reading a request's headers (a client that
@@ -30,6 +30,13 @@ from typing import Any, ClassVar
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:  # the C parser (a dependency on Linux); h11 is the pure-Python fallback
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover
+    httptools = None  # type: ignore[assignment]
+    HttpToolsProtocol = H11Protocol  # type: ignore[misc,assignment]
 
 from ..config import Settings
 from ..scheduling.health import EngineHealth
@@ -128,18 +135,147 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def protocol_for(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
-    class Protocol(GuardedH11Protocol):
-        pass
+class _HeadRefused(Exception):
+    """Raised inside httptools' header callback to stop parsing a head that is refused."""
 
-    Protocol.limits = limits
-    return Protocol
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (the C parser ``vllm serve`` also runs on) with the same guards.
+
+    The parser buffers an incomplete head without a bound, so while no request is in progress the
+    bytes up to the blank line are counted here before they are fed (431 beyond the bound); a head
+    that completes inside a chunk (a pipelined one) is measured once more from its parsed pieces."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # bytes of the incomplete head seen so far
+        self._tail = b""  # the last bytes of the previous chunk: the blank line may straddle chunks
+        self._head_open = False  # a request line has begun and its headers are not complete
+        self._in_request = False  # from the end of a head to the end of its body
+        self._refused = False
+        self._deferred: tuple[int, str, str] | None = None
+        if len(self.connections) > self.limits.max_connections:
+            self.app = _too_many_connections  # every request on this connection: 503, then close
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._in_request and self._head_too_large(data):
+            self._refuse(431, "headers_too_large", f"request headers exceed {self.limits.max_header_bytes} bytes")
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadRefused):
+                self._refuse(431, "headers_too_large", f"request headers exceed {self.limits.max_header_bytes} bytes")
+            else:
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserError:
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # no WebSocket routes here
+        if self._head_open or (not self._in_request and self._head_bytes):
+            self._arm_head_timer()  # a head is (partly) buffered: its deadline runs from its first byte
+        else:
+            self._disarm_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+
+    def on_headers_complete(self) -> None:
+        size = len(self.parser.get_method()) + len(self.url) + 13 + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > self.limits.max_header_bytes:
+            raise _HeadRefused
+        self._head_open, self._in_request = False, True
+        self._head_bytes, self._tail = 0, b""
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_request = False
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle connection
+        deferred = self._deferred
+        if deferred is not None:
+            self._deferred = None
+            self._unset_keepalive_if_required()
+            self.transport.write(raw_error(*deferred))
+            self.transport.close()
+        elif self._head_open:
+            self._arm_head_timer()  # a pipelined partial head is waiting
+
+    def _head_too_large(self, data: bytes) -> bool:
+        pending = self._tail + data
+        end = pending.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_bytes += len(data)
+            self._tail = pending[-3:]
+            return self._head_bytes > self.limits.max_header_bytes
+        size = self._head_bytes + end + 4 - len(self._tail)
+        self._head_bytes, self._tail = 0, b""
+        return size > self.limits.max_header_bytes
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None and not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if self.transport.is_closing() or busy or self._in_request:
+            return
+        if self._head_open or self._head_bytes:
+            self._refuse(408, "header_timeout",
+                         f"request headers not received within {self.limits.header_timeout_s:g}s")
+        else:  # nothing sent: an idle connection, closed without a word
+            self.transport.close()
+
+    def _refuse(self, status: int, type_: str, message: str) -> None:
+        """Answer and close; while an earlier request's response is still being sent (a pipelined
+        head), stop reading and answer once that response is complete."""
+        self._refused = True
+        self._disarm_head_timer()
+        self.logger.info("refused a request head: %s", message)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._deferred = (status, type_, message)
+            self.transport.pause_reading()
+            return
+        self.transport.write(raw_error(status, type_, message))
+        self.transport.close()
+
+
+def protocol_for(limits: ConnectionLimits, impl: str = "auto") -> type[asyncio.Protocol]:
+    """The guarded protocol class: httptools (``auto`` when it is installed) or h11."""
+    base: type[Any] = GuardedH11Protocol
+    if impl == "httptools" or (impl == "auto" and httptools is not None):
+        base = GuardedHttpToolsProtocol
+    protocol = type("Protocol", (base,), {"limits": limits})
+    return protocol
 
 
 def server_config(app: Any, settings: Settings, drain_s: float) -> uvicorn.Config:
     limits = ConnectionLimits(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections)
     return uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, http=protocol_for(limits),
+        app, host=settings.host, port=settings.port, log_config=None, http=protocol_for(limits, settings.http),
         # auto: uvloop when installed (a dependency on Linux), as `vllm serve` runs; on CPU it took
         # 10 % less server CPU per streamed token at 256 streams (bench/results/http_overhead_loops_cpu.md)
         loop=settings.event_loop,
