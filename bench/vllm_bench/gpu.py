@@ -386,6 +386,7 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
                  ("glue: LA+steering", "glue", la, steer), ("steer-only engine (async): plain", "steer-only", None, ()),
                  ("steer-only engine (async): steering", "steer-only", None, steer)]
     runs: dict[str, list[dict[str, float]]] = {w[0]: [] for w in workloads}
+    payload: dict[str, Any] = {}
     for rnd in range(rounds + 1):  # round 0 warms every engine and workload up
         for name, key, v_la, vecs in workloads:
             def make(i: int, cb: Any, v_la: Any = v_la, vecs: Any = vecs) -> GenerationRequest:
@@ -396,9 +397,16 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
             if rnd:
                 runs[name].append(s)
                 print(f"round {rnd} {name:38s} {s['tok_s']:9.1f} tok/s itl p50 {s['itl_p50_ms']:.2f} ms", flush=True)
+        if rnd:  # written after every round: a run cut short by the device's time limit keeps what it measured
+            payload = _write_interleaved(out, runs, conc, max_tokens, rnd, rounds, per_level)
     for eng in engines.values():
         eng.close()
     free_gpu()
+    return payload
+
+
+def _write_interleaved(out: Path, runs: dict[str, list[dict[str, float]]], conc: int, max_tokens: int,
+                       done: int, rounds: int, per_level: int) -> dict[str, Any]:
     summary = {name: {"tok_s_median": statistics.median(r["tok_s"] for r in rs),
                       "tok_s_min": min(r["tok_s"] for r in rs), "tok_s_max": max(r["tok_s"] for r in rs),
                       "itl_p50_ms": statistics.median(r["itl_p50_ms"] for r in rs),
@@ -406,8 +414,8 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
                       "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs)} for name, rs in runs.items()}
     base = summary["stock vLLM (async)"]["tok_s_median"]
     md = [f"# Interleaved throughput — {device_name()}, 0.5B bf16, concurrency {conc}, {per_level} requests × "
-          f"{max_tokens} tokens (EOS ignored) per run, {rounds} alternating rounds after a warm-up round; the "
-          "three engines share the GPU\n",
+          f"{max_tokens} tokens (EOS ignored) per run, {done} of {rounds} alternating rounds after a warm-up round; "
+          "the three engines share the GPU\n",
           "| workload | tok/s (median) | min–max | vs stock | ITL p50 ms | ITL p99 ms | TTFT p50 ms |",
           "|---|---|---|---|---|---|---|"]
     for name, v in summary.items():
@@ -415,6 +423,6 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
                   f"{v['tok_s_median'] / base:.2f}x | {v['itl_p50_ms']:.2f} | {v['itl_p99_ms']:.2f} | "
                   f"{v['ttft_p50_ms']:.1f} |")
     payload = {"concurrency": conc, "max_tokens": max_tokens, "requests_per_run": per_level,
-               "rounds": rounds, "summary": summary, "runs": runs}
+               "rounds": rounds, "rounds_done": done, "summary": summary, "runs": runs}
     write(out, "vllm_interleaved", payload, "\n".join(md) + "\n")
     return payload
