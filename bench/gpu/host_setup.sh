@@ -5,10 +5,11 @@
 # /tmp/ahome/models/qwen2.5-coder-0.5b-instruct/hf. Idempotent.
 set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD
+W=.gpuw; [ -d "$W" ] || W=/tmp/gpuw  # carried in this call, or copied to /tmp by an earlier one
 [ -f /tmp/site/.installed ] || { bash /tmp/stage/install.sh
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpuw/whl/*.whl 2>&1 | grep -v WARNING || true
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$W"/whl/*.whl 2>&1 | grep -v WARNING || true
   touch /tmp/site/.installed; }
-mkdir -p /tmp/tok && cp -r .gpuw/tok/. /tmp/tok/ 2>/dev/null || true
+mkdir -p /tmp/tok && cp -r "$W"/tok/. /tmp/tok/ 2>/dev/null || true
 M=/tmp/ahome/models/qwen2.5-coder-0.5b-instruct && mkdir -p "$M"
 if [ ! -f "$M/hf/config.json" ] && ls /tmp/gstage/gguf.part.* >/dev/null 2>&1; then
   cat /tmp/gstage/gguf.part.* > "$M/model.gguf"

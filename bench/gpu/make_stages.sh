@@ -2,9 +2,13 @@
 # Build everything the offline GPU host needs besides vLLM (../shared/gpu/prepare.sh makes .stage1..5):
 #   .gpuw   the service's wheels the CUDA image lacks (for cp312) and the embedded model's tokenizer files
 #   .gg1..N the embedded model's GGUF in parts of 57 MB (each call carries one, plus the ~2.6 MB tree: < 64 MiB)
-# Device calls, back to back: one per .stageK (cp -r .stageK/. /tmp/stage/), one per .ggK
-# (mkdir -p /tmp/gstage && cp .ggK/* /tmp/gstage/), the last one also carrying .gpuw; then
-# bench/gpu/session_a.sh, session_b.sh, session_c.sh (each runs bench/gpu/host_setup.sh first).
+# Device calls, back to back (13, each carry < 64 MiB; every start that is refused costs ~3 min of budget):
+#   1  carry .stage1 .gg9   mkdir -p /tmp/stage /tmp/gstage && cp -r .stage1/. /tmp/stage/ && cp .gg9/* /tmp/gstage/
+#   2-4 carry .stageK       cp -r .stageK/. /tmp/stage/
+#   5  carry .stage5 .gpuw  cp -r .stage5/. /tmp/stage/ && cp -r .gpuw /tmp/gpuw
+#   6-12 carry .ggK (1..7)  cp .ggK/* /tmp/gstage/
+#   13 carry .gg8           cp .gg8/* /tmp/gstage/ && bash bench/gpu/host_setup.sh
+# then bench/gpu/session_a.sh, session_b.sh, session_c.sh (host_setup.sh again: idempotent).
 # Run from the repository root after `alignserve models pull`. All folders are git-ignored.
 set -euo pipefail
 H=${ALIGNSERVE_HOME:-$HOME/.cache/alignserve}/models/qwen2.5-coder-0.5b-instruct
