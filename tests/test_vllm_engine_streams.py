@@ -12,6 +12,7 @@ import asyncio
 import enum
 import sys
 import threading
+import time
 import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,8 +37,9 @@ class Kind(enum.Enum):
 class FakeLLM:
     """Emits ``tokens`` one per step as DELTA outputs (text = the token id in brackets)."""
 
-    def __init__(self, tokens: list[int]) -> None:
+    def __init__(self, tokens: list[int], step_s: float = 0.001) -> None:
         self.tokens = tokens
+        self.step_s = step_s
         self.params: dict[str, Any] = {}
         self.prompts: dict[str, list[int]] = {}
         self.aborted: list[str] = []
@@ -46,7 +48,7 @@ class FakeLLM:
         self.params[request_id] = sp
         self.prompts[request_id] = list(prompt["prompt_token_ids"])
         for i, tok in enumerate(self.tokens[: sp.max_tokens]):
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(self.step_s)
             last = i == min(len(self.tokens), sp.max_tokens) - 1
             if sp.output_kind is Kind.FINAL_ONLY and not last:
                 continue
@@ -116,6 +118,21 @@ def test_la_plain_stream_is_hidden(engine: VLLMEngine) -> None:
     assert plain.output_kind is Kind.FINAL_ONLY and not plain.detokenize and plain.stop is None
     assert lead.max_tokens == plain.max_tokens == 4
     assert sorted(engine.llm.aborted) == sorted(params)  # both streams released at the end
+
+
+@pytest.mark.parametrize("la", [False, True])
+def test_cancelled_request_settles_as_cancelled(engine: VLLMEngine, la: bool) -> None:
+    """A client that leaves while its request waits inside vLLM (no output yet to notice the flag on)
+    gets a cancelled result, not an error: the soak on the H200 logged 328 'Result is not set.'
+    failures from reading the cancelled task before it had finished."""
+    engine.llm = FakeLLM([11, 12, 13, 14], step_s=5.0)
+    req = _request(la=la)
+    fut = engine.submit(req)
+    time.sleep(0.05)
+    req.cancelled.set()
+    res = fut.result(3)
+    assert res.finish_reason == "cancelled" and res.token_ids == []
+    assert sorted(engine.llm.aborted) == sorted(engine.llm.params)
 
 
 def test_steering_spec_is_converted_once_per_request(engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:

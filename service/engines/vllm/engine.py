@@ -339,6 +339,7 @@ class VLLMEngine:
                 if req.cancelled.is_set() and not tasks[0].done():
                     state["finish"] = "cancelled"
                     tasks[0].cancel()  # AsyncLLM.generate aborts the request when cancelled
+                    await asyncio.wait([tasks[0]])  # cancel() only asks: the task is not done yet
                     break
             if not tasks[0].cancelled():
                 tasks[0].result()
