@@ -65,9 +65,20 @@ class Stage:
                 "mean_s": round(statistics.fmean(lat), 3) if lat else None}
 
 
-async def memory(client: httpx.AsyncClient) -> dict[str, float]:
+# Idle pooled connections are dropped by the client this long after their last response, well before
+# the server's keep-alive timeout (5 s by default) closes them: else a request can be written into a
+# connection the server is closing at that instant ("Server disconnected without sending a response";
+# an unguarded periodic read ended the first 10-minute H200 soak after 4.5 minutes with this).
+KEEPALIVE_EXPIRY_S = 2.0
+
+def memory_of(exposition: str) -> dict[str, float]:
+    """The server's RSS and GPU memory from its Prometheus exposition."""
     names = ("process_resident_memory_bytes", "alignserve_gpu_memory_allocated_bytes")
-    return {k: v for k, v in metric_values((await client.get("/metrics")).text, "").items() if k in names}
+    return {k: v for k, v in metric_values(exposition, "").items() if k in names}
+
+
+async def memory(client: httpx.AsyncClient) -> dict[str, float]:
+    return memory_of((await client.get("/metrics")).text)
 
 
 def plain_request(rng: random.Random, max_tokens: int) -> tuple[str, dict]:
@@ -133,7 +144,7 @@ async def ensure_profile(client: httpx.AsyncClient) -> None:
 async def run(url: str, levels: list[int], duration: float, max_tokens: int, hang_after: float,
               seed: int = 0, mix: bool = False) -> dict:
     rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=max(levels) + 4)
+    limits = httpx.Limits(max_connections=max(levels) + 4, keepalive_expiry=KEEPALIVE_EXPIRY_S)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=hang_after) as client:
         ready = await client.get("/readyz")
         if ready.status_code != 200:

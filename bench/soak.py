@@ -9,7 +9,8 @@ Activation-RM profile compile is started and followed to its end (past the traff
 Every --sample-every seconds the server's RSS and GPU memory are read from /metrics; the report
 gives their least-squares slope (MiB per minute), p50/p99
 latency per route, status counts, 5xx and requests that hung past --hang-after. Loopback only;
-every loop is bounded in time and stops by itself. Exit status 1 on any 5xx or hung request.
+every loop is bounded in time and stops by itself. Exit status 1 on any 5xx, hung request, error
+event in a stream or transport error (a connection the server dropped; idempotent reads retry once).
 
 Usage: python -m bench.soak --url http://127.0.0.1:8000 --duration 600 --concurrency 64 --out bench/results/soak_x
 """
@@ -28,7 +29,7 @@ from urllib.parse import urlparse
 import httpx
 
 from bench.harness import Provenance, cpu_model_name, reproduce_command, write_files
-from bench.load import CANDIDATES, FOREIGN, LOCAL_HOSTS, PROFILE, PROMPTS, STORED, memory
+from bench.load import CANDIDATES, FOREIGN, KEEPALIVE_EXPIRY_S, LOCAL_HOSTS, PROFILE, PROMPTS, STORED, memory_of
 
 ARM_PROFILE = "soak-french"
 ARM_SPEC = {
@@ -49,8 +50,13 @@ class Tally:
     statuses: dict[str, dict[str, int]] = field(default_factory=dict)
     hung: int = 0
     disconnects: int = 0
+    transport_errors: dict[str, int] = field(default_factory=dict)  # by exception name, all traffic
     memory: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     compile: dict[str, object] = field(default_factory=dict)
+
+    def transport_error(self, exc: Exception) -> None:
+        name = type(exc).__name__
+        self.transport_errors[name] = self.transport_errors.get(name, 0) + 1
 
     def record(self, route: str, status: str, seconds: float | None) -> None:
         by = self.statuses.setdefault(route, {})
@@ -110,9 +116,22 @@ async def one(client: httpx.AsyncClient, tally: Tally, kind: str, path: str, bod
         return
     except httpx.TransportError as exc:
         tally.record(kind, type(exc).__name__, None)
+        tally.transport_error(exc)
         await asyncio.sleep(0.1)
         return
     tally.record(kind, status, time.monotonic() - t0)
+
+
+async def get_once_more(client: httpx.AsyncClient, tally: Tally, path: str) -> httpx.Response | None:
+    """GET ``path`` (idempotent: retried once after a transport error); None when both tries fail.
+    Every transport error is counted: the report shows them whether or not the retry succeeded."""
+    for _ in range(2):
+        try:
+            return await client.get(path)
+        except httpx.TransportError as exc:
+            tally.transport_error(exc)
+            await asyncio.sleep(0.1)
+    return None
 
 
 async def follow_compile(client: httpx.AsyncClient, tally: Tally, deadline: float) -> None:
@@ -125,7 +144,10 @@ async def follow_compile(client: httpx.AsyncClient, tally: Tally, deadline: floa
     job = r.json()["id"]
     while time.monotonic() < deadline:
         await asyncio.sleep(2.0)
-        j = (await client.get(f"/jobs/{job}")).json()
+        got = await get_once_more(client, tally, f"/jobs/{job}")
+        if got is None:
+            continue
+        j = got.json()
         if j["status"] in ("succeeded", "failed", "cancelled"):
             tally.compile.update({"job": j["status"], "seconds": round(time.monotonic() - t0, 1),
                                   "error": j.get("error")})
@@ -152,7 +174,7 @@ async def run(url: str, duration: float, concurrency: int, max_tokens: int, hang
               sample_every: float, seed: int = 0, compile_profile: bool = True) -> dict:
     rng = random.Random(seed)
     tally = Tally()
-    limits = httpx.Limits(max_connections=concurrency + 8)
+    limits = httpx.Limits(max_connections=concurrency + 8, keepalive_expiry=KEEPALIVE_EXPIRY_S)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=hang_after) as client:
         ready = await client.get("/readyz")
         if ready.status_code != 200:
@@ -169,9 +191,14 @@ async def run(url: str, duration: float, concurrency: int, max_tokens: int, hang
                 kind, path, body = pick(rng, max_tokens, compiled["done"])
                 await one(client, tally, kind, path, body, hang_after, rng)
 
+        async def sample() -> None:
+            got = await get_once_more(client, tally, "/metrics")
+            if got is not None:
+                tally.memory.append((time.monotonic() - start, memory_of(got.text)))
+
         async def sampler() -> None:
             while time.monotonic() < end:
-                tally.memory.append((time.monotonic() - start, await memory(client)))
+                await sample()
                 await asyncio.sleep(sample_every)
 
         async def compiler() -> None:  # followed past the end of traffic, up to --hang-after
@@ -184,7 +211,7 @@ async def run(url: str, duration: float, concurrency: int, max_tokens: int, hang
             tasks.append(compiler())
         await asyncio.gather(*tasks)
         await asyncio.sleep(1.0)
-        tally.memory.append((time.monotonic() - start, await memory(client)))
+        await sample()
         info = ready.json()
     routes = {}
     for kind in sorted(set(tally.statuses) | set(tally.latencies)):
@@ -198,6 +225,7 @@ async def run(url: str, duration: float, concurrency: int, max_tokens: int, hang
     return {"url": url, "model": info.get("model"), "backend": info.get("backend"), "duration_s": duration,
             "concurrency": concurrency, "max_tokens": max_tokens, "routes": routes, "total_5xx": five,
             "stream_errors": stream_errors, "hung": tally.hung, "disconnects": tally.disconnects,
+            "transport_errors": dict(sorted(tally.transport_errors.items())),
             "compile": tally.compile,
             "rss_mib": [round(v / 2**20, 1) for _, v in series["process_resident_memory_bytes"]],
             "rss_slope_mib_per_min": slope_mib_per_min(series["process_resident_memory_bytes"]),
@@ -214,7 +242,8 @@ def markdown(res: dict, device: str, command: str) -> str:
         lines.append(f"| {kind} | {r['statuses']} | {r['ok']} | {r['p50_s']} | {r['p99_s']} |")
     rs, gs = res["rss_slope_mib_per_min"], res["gpu_slope_mib_per_min"]
     lines += ["", f"5xx: {res['total_5xx']}, stream errors: {res['stream_errors']}, hung: {res['hung']}, "
-              f"client disconnects mid-stream: {res['disconnects']}. Compile: {res['compile']}.",
+              f"client disconnects mid-stream: {res['disconnects']}, transport errors: {res['transport_errors'] or 0}. "
+              f"Compile: {res['compile']}.",
               f"RSS slope: {rs if rs is None else round(rs, 2)} MiB/min (samples {res['rss_mib'][:1]} … "
               f"{res['rss_mib'][-1:]} MiB); GPU memory slope: {gs if gs is None else round(gs, 2)} MiB/min."]
     return "\n".join(lines) + "\n"
@@ -242,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     if args.out:
         write_files(args.out.with_suffix(""), res, md, Provenance.collect(args.device, command))
-    return 0 if res["total_5xx"] == 0 and res["hung"] == 0 and res["stream_errors"] == 0 else 1
+    return 0 if passed(res) else 1
+
+
+def passed(res: dict) -> bool:
+    """No 5xx, nothing hung, no error event inside a stream, no connection the server dropped."""
+    return (res["total_5xx"] == 0 and res["hung"] == 0 and res["stream_errors"] == 0
+            and not res["transport_errors"])
 
 
 if __name__ == "__main__":
