@@ -132,7 +132,8 @@ def steering_for(hidden: int, head_dim: int, layers: int) -> dict[str, tuple[Any
 
 def _compare(ref: Any, texts: list[str], max_tokens: int, want: list[Any], got: list[Any], la: Any,
              steer: tuple[Any, ...]) -> dict[str, Any]:
-    from bench.vllm_gpu import first_divergence, margin_at, request
+    from bench.vllm_bench.common import request
+    from bench.vllm_bench.gpu import first_divergence, margin_at
 
     exact, matched, total, divs = 0, 0, 0, []
     for i, (r, g) in enumerate(zip(want, got, strict=True)):
@@ -144,11 +145,11 @@ def _compare(ref: Any, texts: list[str], max_tokens: int, want: list[Any], got: 
             matched += n
             continue
         matched += d
-        gap = None
+        at: dict[str, Any] = {"ref_logit_gap": None}
         if d < min(len(r.token_ids), len(g.token_ids)):
-            gap = margin_at(ref, request(i, texts[i], max_tokens, la, steer), r.token_ids[:d], r.token_ids[d],
-                            g.token_ids[d])
-        divs.append({"prompt": i, "position": d, "ref_logit_gap": gap})
+            at = margin_at(ref, request(i, texts[i], max_tokens, la, steer), r.token_ids[:d], r.token_ids[d],
+                           g.token_ids[d])
+        divs.append({"prompt": i, "position": d, **at})
     return {"identical": exact, "prompts": len(want), "token_match": matched / max(total, 1), "divergences": divs}
 
 
@@ -160,7 +161,8 @@ def _capture_stats(got: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 
 def run_family(family: str, model_dir: Path, dtypes: list[str], n_prompts: int, max_tokens: int) -> dict[str, Any]:
-    from bench.vllm_gpu import PRINCIPLE, free_gpu, prompts, request
+    from bench.harness import free_gpu
+    from bench.vllm_bench.common import PRINCIPLE, prompts, request
     from service.alignment.linear_alignment import LinearAlignmentConfig
     from service.alignment.spec import SteeringVector
     from service.engines.decoder_layout import InvalidSteering, SteeringUnsupported
@@ -251,7 +253,7 @@ def serve_phase(model_dir: Path, work: Path, port: int, budget_s: float, res: di
     """Fills ``res`` as it goes (``ready_s`` as soon as the server answers)."""
     import httpx
 
-    from bench.vllm_serve import start_server, stop_server, wait_ready
+    from bench.harness import ServerProcess
 
     data = json.loads((ROOT / "bench" / "data" / "french_profile.json").read_text())
     examples = [{"prompt": q, "response": r, "label": lab} for q, fr, en in data["train"]
@@ -261,12 +263,12 @@ def serve_phase(model_dir: Path, work: Path, port: int, budget_s: float, res: di
     db.unlink(missing_ok=True)
     log = work / "serve.log"
     gpu = ["--gpu-memory-utilization", "0.06"] if backend == "vllm" else ["--device", "cpu", "--dtype", "float32"]
-    proc = start_server(["--backend", backend, "--model", str(model_dir), "--home", str(work / "home"),
+    proc = ServerProcess(["--backend", backend, "--model", str(model_dir), "--home", str(work / "home"),
                          "--db-url", f"sqlite:///{db}", "--max-model-len", str(MAX_MODEL_LEN), *gpu], port, log)
     res["model"] = str(model_dir)
     t0 = time.monotonic()
     try:
-        res["ready_s"] = round(wait_ready(url, proc, 300), 1)
+        res["ready_s"] = round(proc.wait_ready(300), 1)
         with httpx.Client(base_url=url, timeout=60) as c:
             r = c.post("/profiles", json={"name": "french", "rubric": data["rubric"], "activation_rm": {
                 "examples": examples, "num_heads": 4, "iterations": 10, "steer_strength": 4.0}})
@@ -292,10 +294,10 @@ def serve_phase(model_dir: Path, work: Path, port: int, budget_s: float, res: di
                                       "method": (body.get("alignment") or {}).get("method"),
                                       "error": body.get("error")}
             res["steered_generate"] = out
-    except BaseException as exc:  # SystemExit from wait_ready included
+    except Exception as exc:  # RuntimeError from wait_ready included
         res["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        res["shutdown"] = stop_server(proc)
+        res["shutdown"] = proc.stop()
         res["log_tail"] = log.read_text(errors="replace")[-2500:] if log.exists() else ""
     gen = res.get("steered_generate", {})
     res["ok"] = (res.get("job", {}).get("status") == "succeeded" and gen.get("4.0", {}).get("status") == 200
@@ -309,8 +311,9 @@ def _device() -> str:
 
 
 def _fmt_divs(divs: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{d['position']}: {d['ref_logit_gap']:.3f}" if d["ref_logit_gap"] is not None
-                     else f"{d['position']}: length" for d in divs) or "—"
+    from bench.vllm_bench.gpu import fmt_divergences
+
+    return fmt_divergences(divs)
 
 
 def markdown(payload: dict[str, Any]) -> str:

@@ -287,3 +287,41 @@ def test_script_help_without_vllm(script: str, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     first = module.__doc__.strip().splitlines()[0]
     assert first in out and f"python -m bench.{script}" in out and "--out" in out
+
+
+def test_generator_kill_verdict_accepts_a_server_that_exits_before_readyz_is_polled() -> None:
+    """The H200 fault run: the server drained and exited 70 right after its engine core's
+    SIGKILL (in-flight requests failed within 0.16 s, the process was gone 0.13 s after that), so
+    /readyz was never seen at 503; leaving rotation by exiting counts."""
+    from bench.vllm_bench.faults import generator_kill_ok
+
+    h200 = {"in_flight_at_kill": 58, "hung": 0, "unexpected_outcomes": [], "out_of_rotation_s": 0.3,
+            "exit_code": 70, "gpu_memory_left_by_server_tree_mib": {}}
+    assert generator_kill_ok(h200)
+    for bad in ({"out_of_rotation_s": None}, {"out_of_rotation_s": 6.0}, {"exit_code": 0}, {"hung": 1},
+                {"in_flight_at_kill": 0}, {"unexpected_outcomes": ["stream:200:internal_error"]},
+                {"gpu_memory_left_by_server_tree_mib": {123: 900}}):
+        assert not generator_kill_ok({**h200, **bad}), bad
+
+
+def test_nucleus_edge_by_hand() -> None:
+    """q = softmax(l / T) with T = 1, sorted: 0.5, 0.3, 0.15, 0.05, masses before 0, 0.5, 0.8, 0.95;
+    top_p 0.8 keeps a token while the mass before it is below 0.8: the first two only."""
+    from bench.vllm_bench.gpu import fmt_divergences, nucleus_edge
+
+    l_in = torch.tensor([0.15, 0.5, 0.05, 0.3]).log()
+    e = nucleus_edge(l_in, 0.8, 1.0, tok=0)
+    assert e["rank"] == 2 and not e["kept_in_ref"]
+    assert e["q"] == pytest.approx(0.15) and e["mass_before"] == pytest.approx(0.8)
+    assert e["last_kept_q"] == pytest.approx(0.3) and e["first_out_q"] == pytest.approx(0.15)
+    assert nucleus_edge(l_in, 0.81, 1.0, tok=0)["kept_in_ref"]
+    second = nucleus_edge(l_in, 0.8, 1.0, tok=3)
+    assert second["rank"] == 1 and second["kept_in_ref"] and second["mass_before"] == pytest.approx(0.5)
+    # temperature sharpens: T = 0.5 squares and renormalises
+    q2 = torch.tensor([0.15, 0.5, 0.05, 0.3]) ** 2
+    assert nucleus_edge(l_in, 0.8, 0.5, tok=1)["q"] == pytest.approx(float(q2[1] / q2.sum()))
+    text = fmt_divergences([{"position": 3, "ref_logit_gap": 0.0123}, {"position": 7, "ref_logit_gap": None},
+                            {"position": 11, "ref_logit_gap": float("inf"), "nucleus": e}])
+    assert text == ("3: 0.012, 7: length, 11: nucleus edge (rank 2, mass before 0.8000 vs top_p 0.8; "
+                    "q 0.15000 vs last kept 0.30000)")
+    assert fmt_divergences([]) == "—"

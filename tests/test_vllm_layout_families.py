@@ -9,6 +9,9 @@ bad indices are refused with typed errors.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 
@@ -66,3 +69,18 @@ def test_unknown_layout_and_bad_indices_are_refused() -> None:
                      (SteeringVector(layer=0, vector=torch.ones(127)), "127 entries")):
         with pytest.raises(InvalidSteering, match=msg):
             check_steering([ok, bad], 2, 4, 32, 128)
+
+
+@pytest.mark.slow
+def test_archs_serve_phase_runs_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The benchmark's HTTP phase (serve a tiny Llama, compile an Activation-RM profile, generate
+    steered) on the transformers backend: the GPU run uses the same code with ``--backend vllm``."""
+    from bench.vllm_archs import build_checkpoint, serve_phase
+
+    from .server_proc import free_port
+
+    model = build_checkpoint("llama3", tmp_path / "ckpt", tiny_model_dir)
+    res: dict[str, Any] = {}
+    serve_phase(model, tmp_path, free_port(), 240, res, backend="transformers")
+    assert res.get("ok"), {k: v for k, v in res.items() if k != "log_tail"} | {"log": res.get("log_tail", "")[-800:]}
+    assert res["shutdown"]["exit_code"] in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown

@@ -9,6 +9,11 @@
 #   6-12 carry .ggK (1..7)  cp .ggK/* /tmp/gstage/
 #   13 carry .gg8           cp .gg8/* /tmp/gstage/ && bash bench/gpu/host_setup.sh
 # then bench/gpu/session_a.sh, session_b.sh, session_c.sh (host_setup.sh again: idempotent).
+# Measured on 2026-12-07 (H200): first start ~210 s of budget, calls 2-12 ~10 s each; call 13 + session_a
+# (faults) 354 s; session_b 251 s; the soak finishes ~700 s after session_a ends; gpu interleaved 217 s;
+# http_compare (session_final.sh) 325 s. Owed next, in order: session_a with FAULT_PHASES=vllm (soak
+# included), session_b with EQ_S=0 PAIRS_S=330 (Gemma-2 + async-pairing proof beside the soak),
+# session_c with PAIRS_IL_S=300 (after the soak: steering/LA ratios, then sync vs async pairing).
 # Run from the repository root after `alignserve models pull`. All folders are git-ignored.
 set -euo pipefail
 H=${ALIGNSERVE_HOME:-$HOME/.cache/alignserve}/models/qwen2.5-coder-0.5b-instruct

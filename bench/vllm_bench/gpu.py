@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import statistics
 import time
@@ -84,9 +85,10 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def margin_at(ref: TransformersEngine, req: GenerationRequest, prefix: list[int], tok_ref: int,
-              tok_other: int) -> float:
-    """Reference logit gap between the two tokens at the divergence (principle/plain streams for
-    LA are combined the same way the engine does)."""
+              tok_other: int) -> dict[str, Any]:
+    """At a divergence: the reference's logit gap between its token and the other engine's
+    (principle/plain streams for LA are combined the same way the engine does), and for LA where
+    the gap is infinite, where the other token sits against the plausibility nucleus' edge."""
     from service.alignment.linear_alignment import linear_alignment_step
     from service.engines.chat import with_principle, with_system
     from service.engines.transformers.hooks import SteeringHooks
@@ -108,11 +110,44 @@ def margin_at(ref: TransformersEngine, req: GenerationRequest, prefix: list[int]
     plain = last_logits(with_system(req.messages, ref.default_system))
     la = req.alignment.la
     if la is None:
-        row = plain
-    else:
-        princ = last_logits(with_principle(req.messages, la.principle, ref.default_system, la.placement))
-        row = linear_alignment_step(princ[None], plain[None], [la]).logits[0]
-    return float(row[tok_ref] - row[tok_other])
+        return {"ref_logit_gap": float(plain[tok_ref] - plain[tok_other])}
+    princ = last_logits(with_principle(req.messages, la.principle, ref.default_system, la.placement))
+    row = linear_alignment_step(princ[None], plain[None], [la]).logits[0]
+    detail: dict[str, Any] = {"ref_logit_gap": float(row[tok_ref] - row[tok_other])}
+    if not math.isfinite(detail["ref_logit_gap"]):
+        detail["nucleus"] = nucleus_edge(princ, la.plausibility_top_p, la.plausibility_temperature, tok_other)
+    return detail
+
+
+def nucleus_edge(l_in: torch.Tensor, top_p: float, temperature: float, tok: int) -> dict[str, Any]:
+    """Where ``tok`` sits in LA's plausibility nucleus of the principle stream ``l_in`` (float64):
+    its rank, probability and the mass before it, and the probabilities of the last token kept and
+    the first left out. A token just outside (mass before a hair above ``top_p``, or a probability
+    within a hair of the last kept one, so that the two swap) is a near-tie at the nucleus' edge,
+    where a float32 difference between two engines flips which token LA may pick."""
+    q = torch.softmax(l_in.double() / temperature, dim=-1)
+    sq, order = q.sort(descending=True, stable=True)
+    before = sq.cumsum(-1) - sq
+    kept = int((before < top_p).sum())
+    rank = int((order == tok).nonzero()[0, 0])
+    return {"token": tok, "rank": rank, "q": float(q[tok]), "mass_before": float(before[rank]), "top_p": top_p,
+            "kept_in_ref": rank < kept, "last_kept_q": float(sq[kept - 1]),
+            "first_out_q": float(sq[kept]) if kept < len(sq) else None}
+
+
+def fmt_divergences(divs: list[dict[str, Any]]) -> str:
+    """``position: gap`` per divergence; LA's nucleus-edge cases spelled out."""
+    parts = []
+    for d in divs:
+        gap, edge = d.get("ref_logit_gap"), d.get("nucleus")
+        if gap is None:
+            parts.append(f"{d['position']}: length")
+        elif edge is not None:
+            parts.append(f"{d['position']}: nucleus edge (rank {edge['rank']}, mass before {edge['mass_before']:.4f} "
+                         f"vs top_p {edge['top_p']:g}; q {edge['q']:.5f} vs last kept {edge['last_kept_q']:.5f})")
+        else:
+            parts.append(f"{d['position']}: {gap:.3f}")
+    return ", ".join(parts) or "—"
 
 
 def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: str = "bfloat16") -> dict[str, Any]:
@@ -141,11 +176,11 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
                 matched += n
                 continue
             matched += d
-            gap = None
+            at: dict[str, Any] = {"ref_logit_gap": None}
             if d < min(len(r.token_ids), len(g.token_ids)):
-                gap = margin_at(ref, request(i, texts[i], max_tokens, v_la, v_steer), r.token_ids[:d],
-                                r.token_ids[d], g.token_ids[d])
-            divs.append({"prompt": i, "position": d, "ref_logit_gap": gap})
+                at = margin_at(ref, request(i, texts[i], max_tokens, v_la, v_steer), r.token_ids[:d],
+                               r.token_ids[d], g.token_ids[d])
+            divs.append({"prompt": i, "position": d, **at})
         changed = sum(a.token_ids != b.token_ids for a, b in zip(ref_out[name], ref_out["base"], strict=True))
         rows.append({"variant": name, "prompts": len(texts), "identical": exact,
                      "token_match_rate": matched / max(total, 1), "divergences": divs,
@@ -156,12 +191,12 @@ def equivalence(model: str, out: Path, n_prompts: int, max_tokens: int, dtype: s
     md = [f"# vLLM vs transformers reference — greedy, {dtype}, {len(texts)} prompts, {max_tokens} tokens\n",
           f"Device: {device_name()}. Token match = matched tokens before the first divergence / tokens. "
           "Gap = the reference's logit difference between its token and vLLM's at the first divergence "
-          "(small = a bf16 near-tie).\n",
+          "(small = a bf16 near-tie); for LA an infinite gap means vLLM's token is outside the reference's "
+          "plausibility nucleus, shown as where it sits against the nucleus' edge.\n",
           "| variant | identical | token match | first divergences (position: gap) | changed vs base (ref) |",
           "|---|---|---|---|---|"]
     for row in rows:
-        dv = ", ".join(f"{d['position']}: {d['ref_logit_gap']:.3f}" if d["ref_logit_gap"] is not None
-                       else f"{d['position']}: length" for d in row["divergences"]) or "—"
+        dv = fmt_divergences(row["divergences"])
         md.append(f"| {row['variant']} | {row['identical']}/{row['prompts']} | {row['token_match_rate']:.3f} | "
                   f"{dv} | {row['outputs_changed_vs_base_in_reference']} |")
     payload = {"dtype": dtype, "max_tokens": max_tokens, "rows": rows}
