@@ -70,7 +70,28 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     await send(body)
 
 
-class GuardedH11Protocol(H11Protocol):
+class _HeadDeadline:
+    """The header deadline's timer, shared by both guarded protocols (each says when it fires)."""
+
+    limits: ClassVar[ConnectionLimits]
+    _head_timer: asyncio.TimerHandle | None
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+
+    def _head_timed_out(self) -> None:
+        raise NotImplementedError
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None and not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+
+class GuardedH11Protocol(_HeadDeadline, H11Protocol):
     """uvicorn's h11 protocol plus the header deadline, the header bound and the connection bound."""
 
     limits: ClassVar[ConnectionLimits]
@@ -108,15 +129,6 @@ class GuardedH11Protocol(H11Protocol):
         size = len(pending) if end < 0 else end + 4
         return size > self.limits.max_header_bytes
 
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None and not self.transport.is_closing():
-            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
-
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
     def _head_timed_out(self) -> None:
         self._head_timer = None
         busy = self.cycle is not None and not self.cycle.response_complete
@@ -139,7 +151,7 @@ class _HeadRefused(Exception):
     """Raised inside httptools' header callback to stop parsing a head that is refused."""
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
+class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol (the C parser ``vllm serve`` also runs on) with the same guards.
 
     The parser buffers an incomplete head without a bound, so while no request is in progress the
@@ -228,15 +240,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         size = self._head_bytes + end + 4 - len(self._tail)
         self._head_bytes, self._tail = 0, b""
         return size > self.limits.max_header_bytes
-
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None and not self.transport.is_closing():
-            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
-
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
