@@ -232,7 +232,7 @@ def test_registry_lists_every_phase_and_the_results_it_keeps() -> None:
         assert suite.default and set(suite.default) <= set(suite.phases)
         assert callable(suite.runner())
     assert list(SUITES["gpu"].phases) == ["equivalence", "equivalence_fp32", "stress", "throughput",
-                                          "interleaved", "breakdown"]
+                                          "interleaved", "breakdown", "profile"]
     assert list(SUITES["compile"].phases) == ["reference", "vllm32", "vllm16", "serving", "http"]
     stems = {s for suite in SUITES.values() for s in suite.results}
     for path in (ROOT / "bench" / "results").glob("vllm_*.json"):  # every vLLM results file has its phase

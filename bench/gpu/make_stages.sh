@@ -22,7 +22,7 @@ rm -rf .gpuw .gg[0-9]* && mkdir -p .gpuw/whl .gpuw/tok
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
   -d .gpuw/whl sqlalchemy pydantic-settings python-dotenv greenlet model_hosting_container_standards jmespath \
-  supervisor gguf uvloop 2>&1 | grep -v '^WARNING' || true
+  supervisor gguf uvloop py-spy 2>&1 | grep -v '^WARNING' || true
 python3 -m pip wheel -q --no-deps -w .gpuw/whl "langid==1.1.6"  # sdist only on PyPI; pure Python
 cp "$H/hf/tokenizer.json" "$H/hf/tokenizer_config.json" "$H/hf/chat_template.jinja" .gpuw/tok/
 T=$(mktemp -d) && split -b 57M -d "$H/model.gguf" "$T/gguf.part."

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Device call A (after the stage calls): set the host up, run the fault phases (#20), then start the
-# 10-minute soak detached (bench/gpu/soak.sh; collected by a later call from /tmp/soak).
+# 10-minute soak detached (FAULTS_S=0 skips the faults) (bench/gpu/soak.sh; collected by a later call from /tmp/soak).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 export BENCH_GIT_REVISION=${BENCH_GIT_REVISION:-unknown}
 bash bench/gpu/host_setup.sh || exit 1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
-timeout ${FAULTS_S:-420} python3 -m bench.vllm_bench faults ${FAULT_PHASES:-vllm transformers_oom} --home /tmp/ahome \
+[ "${FAULTS_S:-420}" = 0 ] || timeout ${FAULTS_S:-420} python3 -m bench.vllm_bench faults ${FAULT_PHASES:-vllm transformers_oom} --home /tmp/ahome \
   --out "$OUT" || echo "faults exit $?"
 cp /tmp/faults/*.log "$OUT/" 2>/dev/null; (cd /tmp/faults && tar czf "$OUT/fault_logs.tgz" *.log) 2>/dev/null
 [ -n "${NO_SOAK:-}" ] || { mkdir -p /tmp/soak0; setsid nohup bash bench/gpu/soak.sh > /tmp/soak0/run.log 2>&1 < /dev/null &

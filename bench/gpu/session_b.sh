@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device call B (the soak may be running beside it): correctness runs, each bounded in time and skipped
 # when its budget is 0 — Gemma-2 rerun of the architecture table (ARCHS_S), the real 0.5B float32
-# equivalence and LA stress (EQ_S), async LA pairing's equivalence and stress on the random 0.5B (PAIRS_S).
+# equivalence and LA stress (EQ_S), async LA pairing's equivalence and stress on the random 0.5B (PAIRS_S);
+# SEVEN_B=1 then builds the random-weight 7B shape into /tmp/rand-7b for session_c.sh.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 export BENCH_GIT_REVISION=${BENCH_GIT_REVISION:-unknown}
@@ -15,4 +16,6 @@ if [ "${PAIRS_S:-0}" != 0 ]; then
   timeout "$PAIRS_S" python3 -m bench.vllm_bench pairs equivalence stress --model /tmp/rand-0.5b --out "$OUT/pairs" \
     || echo "pairs exit $?"
 fi
+[ -z "${SEVEN_B:-}" ] || [ -f /tmp/rand-7b/config.json ] || \
+  python3 -m bench.random_checkpoint --shape 7b --tokenizer /tmp/tok --out /tmp/rand-7b || echo "7b build exit $?"
 tail -3 /tmp/soak/run.log 2>/dev/null; ls /tmp/soak 2>/dev/null

@@ -54,6 +54,17 @@ def request(i: int, text: str, max_tokens: int, la: LinearAlignmentConfig | None
                              AlignmentSpec(la=la, steering=steer), on_token=on_token)
 
 
+def model_label(model: str) -> str:
+    """``rand-7b (Qwen2, 28 layers, hidden 3584, bfloat16)`` from the folder's config.json."""
+    try:
+        cfg = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return Path(model).name
+    arch = (cfg.get("architectures") or ["?"])[0].removesuffix("ForCausalLM")
+    return (f"{Path(model).name} ({arch}, {cfg.get('num_hidden_layers')} layers, hidden {cfg.get('hidden_size')}, "
+            f"{cfg.get('torch_dtype') or cfg.get('dtype') or '?'})")
+
+
 def device_name() -> str:
     return device_label(None)
 

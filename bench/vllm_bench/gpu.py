@@ -10,6 +10,8 @@ Phases (each writes ``vllm_<phase>_<device>.json`` and ``.md``):
 - ``interleaved``: the headline ratios with drift removed (three engines share the GPU, workloads
   alternate for several rounds).
 - ``breakdown``: where the glue's throughput goes (engines differing in one thing at a time).
+- ``profile``: py-spy samples of the engine core and the API process with GPU utilisation, stock
+  vLLM and the glue engine's plain / LA / steering workloads (``profile.py``, ``pyspy.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from service.alignment.linear_alignment import LinearAlignmentConfig
 from service.engines.base import GenerationRequest, GenerationResult
 from service.engines.transformers.engine import TransformersEngine
 
-from .common import CUDAGRAPH_SIZES, PRINCIPLE, device_name, prompts, request, steering_vectors, write
+from .common import CUDAGRAPH_SIZES, PRINCIPLE, device_name, model_label, prompts, request, steering_vectors, write
 
 PHASES = {
     "equivalence": "greedy vLLM vs transformers reference, bfloat16",
@@ -39,8 +41,10 @@ PHASES = {
     "throughput": "tok/s, TTFT, ITL: stock vLLM, glue engine variants, transformers engine",
     "interleaved": "headline ratios, three engines alternating on one GPU",
     "breakdown": "throughput of engines that differ in one thing at a time",
+    "profile": "py-spy of the engine core and API process + GPU utilisation, stock vs glue workloads",
 }
 DEFAULT = ("equivalence", "stress", "throughput")
+STOCK_2C = "stock vLLM (async) @2C"
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
@@ -54,6 +58,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--il-concurrency", type=int, default=64, help="interleaved: concurrency (default %(default)s)")
     ap.add_argument("--il-rounds", type=int, default=3, help="interleaved: rounds after warm-up (default 3)")
     ap.add_argument("--il-requests", type=int, default=768, help="interleaved: requests per run (default 768)")
+    ap.add_argument("--il-gpu-mem", type=float, default=0.28,
+                    help="interleaved: GPU memory share of each of the three engines (default %(default)s)")
+    ap.add_argument("--profile-s", type=float, default=8.0, help="profile: py-spy seconds per workload (default 8)")
+    ap.add_argument("--profile-concurrency", type=int, default=64, help="profile: concurrency (default 64)")
     ap.add_argument("--tp-tokens", type=int, default=128,
                     help="throughput/interleaved/breakdown: output tokens per request (default %(default)s)")
 
@@ -70,7 +78,11 @@ def run(args: argparse.Namespace, phases: list[str]) -> int:
         elif phase == "throughput":
             throughput(args.model, args.out, levels, args.tp_tokens)
         elif phase == "interleaved":
-            interleaved(args.model, args.out, args.il_concurrency, args.tp_tokens, args.il_rounds, args.il_requests)
+            interleaved(args.model, args.out, args.il_concurrency, args.tp_tokens, args.il_rounds, args.il_requests,
+                        args.il_gpu_mem)
+        elif phase == "profile":
+            from .profile import profile
+            profile(args.model, args.out, args.profile_concurrency, args.tp_tokens, args.profile_s)
         elif phase == "breakdown":
             breakdown(args.model, args.out, [int(x) for x in args.breakdown_levels.split(",")], args.tp_tokens)
     return 0
@@ -405,18 +417,19 @@ def breakdown(model: str, out: Path, levels: list[int], max_tokens: int) -> dict
     return payload
 
 
-def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, per_level: int) -> dict[str, Any]:
+def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, per_level: int,
+                mem: float = 0.28) -> dict[str, Any]:
     """The headline ratios with drift removed: stock vLLM (async scheduling), the full glue engine
     and a steering-only engine (steerable architecture, no LA pairing, async scheduling) live side by
     side on the GPU, and the workloads run in alternation, ``rounds`` times each."""
     texts = prompts(40)
     la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
-    common: dict[str, Any] = {"gpu_memory_utilization": 0.28, "cudagraph_sizes": CUDAGRAPH_SIZES}
+    common: dict[str, Any] = {"gpu_memory_utilization": mem, "cudagraph_sizes": CUDAGRAPH_SIZES}
     engines = {"stock": vllm_engine(model, glue=False, **common),
                "glue": vllm_engine(model, **common),
                "steer-only": vllm_engine(model, pairing=False, **common)}
     steer = steering_vectors(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
-    workloads = [("stock vLLM (async)", "stock", None, ()), ("glue: plain", "glue", None, ()),
+    workloads = [("stock vLLM (async)", "stock", None, ()), (STOCK_2C, "stock", None, ()), ("glue: plain", "glue", None, ()),
                  ("glue: steering", "glue", None, steer), ("glue: LA", "glue", la, ()),
                  ("glue: LA+steering", "glue", la, steer), ("steer-only engine (async): plain", "steer-only", None, ()),
                  ("steer-only engine (async): steering", "steer-only", None, steer)]
@@ -428,27 +441,39 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
                 return request(i, texts[i % len(texts)], max_tokens, v_la, vecs, ignore_eos=True,
                                on_token=lambda ev: cb(ev))
             eng = engines[key]
-            s = eng.call(_vllm_level(eng, make, conc, per_level if rnd else 2 * conc))
+            c = 2 * conc if name == STOCK_2C else conc
+            s = eng.call(_vllm_level(eng, make, c, (per_level if rnd else 2 * conc) * c // conc))
             if rnd:
                 runs[name].append(s)
                 print(f"round {rnd} {name:38s} {s['tok_s']:9.1f} tok/s itl p50 {s['itl_p50_ms']:.2f} ms", flush=True)
         if rnd:  # written after every round: a run cut short by the device's time limit keeps what it measured
-            payload = _write_interleaved(out, runs, conc, max_tokens, rnd, rounds, per_level)
+            payload = _write_interleaved(out, runs, conc, max_tokens, rnd, rounds, per_level, model_label(model))
     for eng in engines.values():
         eng.close()
     free_gpu()
     return payload
 
 
+def la_efficiency(la_tok_s: float, stock_2c_tok_s: float) -> float:
+    """#18's ceiling for LA at concurrency C: it decodes 2C sequences and shows half of them."""
+    return la_tok_s / (stock_2c_tok_s / 2)
+
+
 def _write_interleaved(out: Path, runs: dict[str, list[dict[str, float]]], conc: int, max_tokens: int,
-                       done: int, rounds: int, per_level: int) -> dict[str, Any]:
+                       done: int, rounds: int, per_level: int, label: str) -> dict[str, Any]:
     summary = {name: {"tok_s_median": statistics.median(r["tok_s"] for r in rs),
                       "tok_s_min": min(r["tok_s"] for r in rs), "tok_s_max": max(r["tok_s"] for r in rs),
                       "itl_p50_ms": statistics.median(r["itl_p50_ms"] for r in rs),
                       "itl_p99_ms": statistics.median(r["itl_p99_ms"] for r in rs),
                       "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs)} for name, rs in runs.items()}
     base = summary["stock vLLM (async)"]["tok_s_median"]
-    md = [f"# Interleaved throughput — {device_name()}, 0.5B bf16, concurrency {conc}, {per_level} requests × "
+    ratios = {}
+    if STOCK_2C in summary:
+        s2 = summary[STOCK_2C]["tok_s_median"]
+        ratios = {f"LA efficiency ({name})": round(la_efficiency(summary[name]["tok_s_median"], s2), 3)
+                  for name in ("glue: LA", "glue: LA+steering") if name in summary}
+        ratios["stock@2C / stock@C"] = round(s2 / base, 3)
+    md = [f"# Interleaved throughput — {device_name()}, {label}, concurrency {conc}, {per_level} requests × "
           f"{max_tokens} tokens (EOS ignored) per run, {done} of {rounds} alternating rounds after a warm-up round; "
           "the three engines share the GPU\n",
           "| workload | tok/s (median) | min–max | vs stock | ITL p50 ms | ITL p99 ms | TTFT p50 ms |",
@@ -457,7 +482,9 @@ def _write_interleaved(out: Path, runs: dict[str, list[dict[str, float]]], conc:
         md.append(f"| {name} | {v['tok_s_median']:.0f} | {v['tok_s_min']:.0f}–{v['tok_s_max']:.0f} | "
                   f"{v['tok_s_median'] / base:.2f}x | {v['itl_p50_ms']:.2f} | {v['itl_p99_ms']:.2f} | "
                   f"{v['ttft_p50_ms']:.1f} |")
-    payload = {"concurrency": conc, "max_tokens": max_tokens, "requests_per_run": per_level,
-               "rounds": rounds, "rounds_done": done, "summary": summary, "runs": runs}
+    md += ["", "LA efficiency = LA@C / (stock@2C / 2) (#18: 1.0 = no cost beyond the second stream): " +
+           (", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) or "—")]
+    payload = {"model": label, "concurrency": conc, "max_tokens": max_tokens, "requests_per_run": per_level,
+               "rounds": rounds, "rounds_done": done, "summary": summary, "ratios": ratios, "runs": runs}
     write(out, "vllm_interleaved", payload, "\n".join(md) + "\n")
     return payload

@@ -1,0 +1,91 @@
+"""The GPU profile's pure parts (bench/vllm_bench/pyspy.py) and the interleaved benchmark's
+ratios: py-spy's raw output parsed and charged to functions by hand-counted samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.vllm_bench.common import model_label
+from bench.vllm_bench.gpu import STOCK_2C, _write_interleaved, la_efficiency
+from bench.vllm_bench.pyspy import markdown_rows, mean_util, parse_raw, summarise
+
+V = "/tmp/site/vllm"
+S = "/root/repo/service"
+RAW = "\n".join([
+    # engine core main thread: 6 samples in the scheduler (2 of them inside our pairing), 3 in our logits
+    # processor (under torch), 1 waiting on the GPU in vLLM's runner
+    f"thread (11): MainThread;run_busy_loop ({V}/v1/engine/core.py:900);schedule ({V}/v1/core/sched/scheduler.py:200) 4",
+    f"thread (11): MainThread;run_busy_loop ({V}/v1/engine/core.py:900);schedule ({V}/v1/core/sched/scheduler.py:200);"
+    f"hold_pairs ({S}/engines/vllm/pairing.py:50) 2",
+    f"thread (11): MainThread;run_busy_loop ({V}/v1/engine/core.py:900);apply ({S}/engines/vllm/logits.py:80);"
+    f"softmax (/usr/lib/python3/torch/functional.py:10) 3",
+    f"thread (11): MainThread;run_busy_loop ({V}/v1/engine/core.py:900);"
+    f"_bookkeeping_sync ({V}/v1/worker/gpu_model_runner.py:2000) 1",
+    # another thread, ignored when the main thread is asked for
+    f"thread (12): Thread-1 (process_output_sockets);run ({V}/v1/engine/core.py:1000) 12",
+    "not a sample line",
+])
+
+
+def test_parse_raw_reads_threads_frames_and_counts() -> None:
+    samples = parse_raw(RAW)
+    assert [s.count for s in samples] == [4, 2, 3, 1, 12]
+    assert samples[0].thread == "thread (11): MainThread"
+    assert samples[1].frames[-1].func == "hold_pairs" and samples[1].frames[-1].line == 50
+    assert samples[1].frames[-1].label == "service/engines/vllm/pairing.py:hold_pairs"
+    assert samples[0].frames[-1].label == "vllm/v1/core/sched/scheduler.py:schedule"
+
+
+def test_summarise_charges_self_to_the_innermost_named_frame() -> None:
+    summ = summarise(parse_raw(RAW), "MainThread")
+    assert summ["samples"] == 10 and summ["thread"] == "thread (11): MainThread"
+    self_ = dict(summ["self"])
+    assert self_ == {"vllm/v1/core/sched/scheduler.py:schedule": 0.4, "service/engines/vllm/logits.py:apply": 0.3,
+                     "service/engines/vllm/pairing.py:hold_pairs": 0.2,
+                     "vllm/v1/worker/gpu_model_runner.py:_bookkeeping_sync": 0.1}
+    incl = dict(summ["inclusive"])
+    assert incl["vllm/v1/engine/core.py:run_busy_loop"] == 1.0
+    assert incl["vllm/v1/core/sched/scheduler.py:schedule"] == 0.6  # its own 4 + our pairing's 2
+    assert summ["own"] == {"engines/vllm/logits.py": 0.3, "engines/vllm/pairing.py": 0.2}
+    assert summ["own_share"] == 0.5
+    # no thread named: the one with most samples; a thread that is absent: nothing
+    assert summarise(parse_raw(RAW))["thread"].endswith("(process_output_sockets)")
+    assert summarise(parse_raw(RAW), "vllm-loop")["samples"] == 0
+    assert summarise([])["samples"] == 0
+    md = "\n".join(markdown_rows("glue: LA", summ))
+    assert "50.0 %" in md and "`service/engines/vllm/logits.py:apply` | 30.0 %" in md
+
+
+def test_mean_util_of_nvidia_smi_lines() -> None:
+    assert mean_util("87\n93\n 100\n") == pytest.approx(93.3)
+    assert mean_util("") is None
+
+
+def test_la_efficiency_is_la_against_half_of_stock_at_twice_the_concurrency() -> None:
+    # stock@2C 20k tok/s: the ceiling for LA at C is 10k; LA at 9.5k is 0.95 of it
+    assert la_efficiency(9500.0, 20000.0) == pytest.approx(0.95)
+
+
+def _runs(tok: float) -> list[dict[str, float]]:
+    return [{"tok_s": tok * f, "itl_p50_ms": 3.0, "itl_p99_ms": 5.0, "ttft_p50_ms": 40.0} for f in (0.9, 1.0, 1.1)]
+
+
+def test_interleaved_writes_la_efficiency_from_the_same_run(tmp_path: Path) -> None:
+    runs = {"stock vLLM (async)": _runs(10000), STOCK_2C: _runs(16000), "glue: LA": _runs(6000),
+            "glue: LA+steering": _runs(4000)}
+    payload = _write_interleaved(tmp_path, runs, 64, 128, 3, 3, 256, "rand-7b (Qwen2, 28 layers)")
+    assert payload["ratios"] == {"LA efficiency (glue: LA)": 0.75, "LA efficiency (glue: LA+steering)": 0.5,
+                                 "stock@2C / stock@C": 1.6}
+    md = next(tmp_path.glob("vllm_interleaved_*.md")).read_text()
+    assert "rand-7b (Qwen2, 28 layers)" in md and "LA efficiency (glue: LA) 0.75" in md
+    assert "| stock vLLM (async) @2C | 16000 |" in md
+
+
+def test_model_label_reads_the_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 28,
+                                                      "hidden_size": 3584, "torch_dtype": "bfloat16"}))
+    assert model_label(str(tmp_path)) == f"{tmp_path.name} (Qwen2, 28 layers, hidden 3584, bfloat16)"
+    assert model_label(str(tmp_path / "missing")) == "missing"
