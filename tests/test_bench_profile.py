@@ -17,7 +17,8 @@ S = "/root/repo/service"
 RAW = "\n".join([
     # engine core main thread: 6 samples in the scheduler (2 of them inside our pairing), 3 in our logits
     # processor (under torch), 1 waiting on the GPU in vLLM's runner
-    f"thread (11): MainThread;run_busy_loop ({V}/v1/engine/core.py:900);schedule ({V}/v1/core/sched/scheduler.py:200) 4",
+    f"thread (11): MainThread;run_busy_loop ({V}/v1/engine/core.py:900);"
+    f"schedule ({V}/v1/core/sched/scheduler.py:200) 4",
     f"thread (11): MainThread;run_busy_loop ({V}/v1/engine/core.py:900);schedule ({V}/v1/core/sched/scheduler.py:200);"
     f"hold_pairs ({S}/engines/vllm/pairing.py:50) 2",
     f"thread (11): MainThread;run_busy_loop ({V}/v1/engine/core.py:900);apply ({S}/engines/vllm/logits.py:80);"

@@ -429,7 +429,8 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
                "glue": vllm_engine(model, **common),
                "steer-only": vllm_engine(model, pairing=False, **common)}
     steer = steering_vectors(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
-    workloads = [("stock vLLM (async)", "stock", None, ()), (STOCK_2C, "stock", None, ()), ("glue: plain", "glue", None, ()),
+    workloads = [("stock vLLM (async)", "stock", None, ()), (STOCK_2C, "stock", None, ()),
+                 ("glue: plain", "glue", None, ()),
                  ("glue: steering", "glue", None, steer), ("glue: LA", "glue", la, ()),
                  ("glue: LA+steering", "glue", la, steer), ("steer-only engine (async): plain", "steer-only", None, ()),
                  ("steer-only engine (async): steering", "steer-only", None, steer)]

@@ -10,7 +10,6 @@ Writes ``vllm_profile_<device>.json`` / ``.md`` and the raw py-spy files next to
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path

@@ -134,8 +134,9 @@ def mean_util(text: str) -> float | None:
 
 def markdown_rows(name: str, summ: dict[str, Any], limit: int = 12) -> list[str]:
     """A workload's section: self and inclusive shares side by side."""
+    own = ", ".join(f"{k} {100 * v:.1f} %" for k, v in summ["own"].items()) or "—"
     md = [f"### {name}: {summ['samples']} samples of `{summ['thread']}`; this project's code on the stack "
-          f"{100 * summ['own_share']:.1f} % ({', '.join(f'{k} {100 * v:.1f} %' for k, v in summ['own'].items()) or '—'})",
+          f"{100 * summ['own_share']:.1f} % ({own})",
           "", "| self (innermost vLLM/service frame) | share | inclusive | share |", "|---|---|---|---|"]
     rows = max(len(summ["self"][:limit]), len(summ["inclusive"][:limit]))
     for i in range(rows):
