@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "request_timeout_s": args.request_timeout,
         "log_format": args.log_format, "reward_model": args.reward_model,
         "reward_gpu_memory_utilization": args.reward_gpu_memory_utilization,
+        "reward_load_attempts": args.reward_load_attempts,
         "served_model_name": args.served_model_name,
         "header_timeout_s": args.header_timeout, "body_timeout_s": args.body_timeout,
         "keep_alive_s": args.keep_alive_timeout, "max_header_bytes": args.max_header_bytes,
@@ -203,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "sequence-classification RM with one label")
     serve.add_argument("--reward-gpu-memory-utilization", type=float,
                        help="vllm backend: the reward model's share of GPU memory (default 0.1)")
+    serve.add_argument("--reward-load-attempts", type=int,
+                       help="tries to load the reward model, 10 s apart, before /score reward_model answers 503 "
+                       "(default 3: vLLM's start-up memory check fails if other GPU tenants change their use)")
     serve.add_argument("--request-timeout", type=float, help="seconds per request before 504 (default 300)")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="seconds to finish work on SIGTERM or after the engine died (default 30)")

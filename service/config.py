@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     reward_gpu_memory_utilization: float = Field(
         0.1, gt=0.0, le=0.9, description="vLLM: the reward model's share of GPU memory (added to "
         "--gpu-memory-utilization; both together at most 0.98)")
+    reward_load_attempts: int = Field(
+        3, ge=1, description="tries to load the reward model before /score reward_model answers 503 for good "
+        "(vLLM's start-up memory check fails when other processes on the GPU change their use meanwhile)")
+    reward_load_retry_s: float = Field(10.0, ge=0, description="seconds between reward-model load attempts")
     request_timeout_s: float = Field(300.0, gt=0)
     max_jobs: int = Field(16, ge=1, description="profile-compilation jobs queued or running before 429")
     max_body_bytes: int = Field(1_000_000, ge=1024)

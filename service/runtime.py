@@ -69,6 +69,7 @@ class Runtime:
         self.reward_model: RewardModelRunner | None = None
         self.reward_state: Readiness = LOADING
         self._loader: threading.Thread | None = None
+        self._closing = threading.Event()  # ends a reward-model retry wait at shutdown
 
     # ---- convenient views (tests and ops endpoints) -----------------------------------------
     @property
@@ -136,14 +137,27 @@ class Runtime:
         self._load_reward_model()
 
     def _load_reward_model(self) -> None:
-        """After the generator (on vLLM it must claim its GPU share first). A reward model that fails
-        to load leaves the server serving everything else; /readyz and /score say why."""
-        try:
-            rm = self.reward_factory(self.settings) if self.reward_factory is not None else None
-        except Exception as exc:
-            self.reward_state = failed(exc)
-            log.exception("reward model failed to load")
-            return
+        """After the generator (on vLLM it must claim its GPU share first). A load that fails is tried
+        again (``reward_load_attempts``, ``reward_load_retry_s`` apart; the state stays loading): vLLM's
+        start-up memory profile fails whenever another process on the GPU frees or takes memory
+        meanwhile, which says nothing about the next try. A reward model that still fails leaves the
+        server serving everything else; /readyz and /score say why."""
+        attempts = self.settings.reward_load_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                rm = self.reward_factory(self.settings) if self.reward_factory is not None else None
+                break
+            except Exception as exc:
+                if attempt == attempts or self._closing.is_set():
+                    self.reward_state = failed(exc)
+                    log.exception("reward model failed to load", extra={"attempt": attempt, "attempts": attempts})
+                    return
+                log.warning("reward model failed to load; trying again", extra={
+                    "attempt": attempt, "attempts": attempts, "retry_in_s": self.settings.reward_load_retry_s,
+                    "error": f"{type(exc).__name__}: {exc}"[:500]})
+                if self._closing.wait(self.settings.reward_load_retry_s):
+                    self.reward_state = failed(exc)
+                    return
         self.reward_model = rm
         self.reward_state = READY if rm is not None else ABSENT
         if rm is not None:
@@ -155,6 +169,7 @@ class Runtime:
         return self.model is not None
 
     def shutdown(self, drain_s: float) -> None:
+        self._closing.set()
         if self._loader is not None:
             self._loader.join(timeout=drain_s)
         if self.model is not None:

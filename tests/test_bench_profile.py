@@ -10,7 +10,7 @@ import pytest
 
 from bench.vllm_bench.common import model_label
 from bench.vllm_bench.gpu import STOCK_2C, _write_interleaved, la_efficiency
-from bench.vllm_bench.pyspy import markdown_rows, mean_util, parse_raw, summarise
+from bench.vllm_bench.pyspy import markdown_rows, mean_util, parse_raw, summarise, thread_running
 
 V = "/tmp/site/vllm"
 S = "/root/repo/service"
@@ -58,6 +58,15 @@ def test_summarise_charges_self_to_the_innermost_named_frame() -> None:
     assert summarise([])["samples"] == 0
     md = "\n".join(markdown_rows("glue: LA", summ))
     assert "50.0 %" in md and "`service/engines/vllm/logits.py:apply` | 30.0 %" in md
+
+
+def test_engine_core_thread_found_by_its_loop_not_its_name() -> None:
+    """The H100 profile: stock vLLM's engine core was forked from the API process's ``vllm-loop``
+    thread, so its main thread carried that name and a search for MainThread found nothing."""
+    forked = RAW.replace("thread (11): MainThread", "thread (11): vllm-loop")
+    assert thread_running(parse_raw(forked), "run_busy_loop") == "thread (11): vllm-loop"
+    assert summarise(parse_raw(forked), "MainThread")["samples"] == 0
+    assert thread_running(parse_raw(RAW), "no_such_function") is None
 
 
 def test_mean_util_of_nvidia_smi_lines() -> None:

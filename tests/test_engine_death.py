@@ -267,3 +267,51 @@ def test_reward_model_death_leaves_the_rest_serving(tmp_path: Path, tiny_model_d
         assert c.post("/generate", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
         assert c.post("/score", json={"prompt": "q", "responses": ["a"]}).status_code == 200
         assert not app.state.runtime.health.dead
+
+
+def test_reward_model_load_that_fails_once_is_tried_again(tmp_path: Path, tiny_model_dir: Path,
+                                                         rm_dir: Path) -> None:
+    """The H100 soak: vLLM's start-up memory check failed in the RM's engine core because another
+    process freed GPU memory meanwhile, and the RM was then unavailable for the whole run. A second
+    attempt succeeds; while it waits the state stays 'loading' (503 reward_model_loading, not
+    unavailable)."""
+    calls: list[float] = []
+
+    def flaky(s: Any) -> TransformersRewardModel:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise AssertionError("Error in memory profiling. Initial free memory 60.16 GiB, current free "
+                                 "memory 60.89 GiB.")
+        return TransformersRewardModel(str(rm_dir), device="cpu", dtype="float32", max_length=200, name="tiny-rm")
+
+    app = create_app(make_settings(tmp_path, tiny_model_dir, reward_load_retry_s=1.0), drain_s=3.0,
+                     reward_factory=flaky)
+    score = {"prompt": "q", "responses": ["a", "b"], "method": "reward_model"}
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=10) as c:
+        _wait(lambda: len(calls) >= 1, 30, "the RM was never tried")
+        if len(calls) == 1:  # between the attempts
+            r = c.post("/score", json=score)
+            assert r.status_code == 503 and r.json()["error"]["type"] == "reward_model_loading", r.text
+        _wait(lambda: app.state.runtime.reward_state.ready, 30, "the RM never loaded on the second try")
+        assert len(calls) == 2 and calls[1] - calls[0] >= 0.9
+        assert c.post("/score", json=score).status_code == 200
+
+
+def test_reward_model_that_never_loads_fails_after_its_attempts(tmp_path: Path, tiny_model_dir: Path) -> None:
+    calls: list[int] = []
+
+    def broken(s: Any) -> Any:
+        calls.append(1)
+        raise RuntimeError("Engine core initialization failed.")
+
+    app = create_app(make_settings(tmp_path, tiny_model_dir, reward_load_attempts=3, reward_load_retry_s=0.1),
+                     drain_s=3.0, reward_factory=broken)
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=10) as c:
+        _wait(lambda: app.state.runtime.reward_state.phase.name == "FAILED", 30, "the RM never gave up")
+        assert len(calls) == 3
+        r = c.post("/score", json={"prompt": "q", "responses": ["a"], "method": "reward_model"})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "reward_model_unavailable"
+        assert "initialization failed" in r.json()["error"]["message"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["reward_model_state"].startswith("failed: ")
+        assert c.post("/generate", json={"prompt": "hi", "max_tokens": 2}).status_code == 200

@@ -325,3 +325,58 @@ def test_layout_not_found_names_the_architecture() -> None:
         find_layout(model, "FakeForCausalLM", LAYERS + 1, H * D, _fake_width)
     with pytest.raises(SteeringUnsupported, match="input widths"):
         find_layout(model, "FakeForCausalLM", LAYERS, H * D + 1, _fake_width)
+
+
+def test_runner_steering_over_steps_shares_caches_and_releases_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests join and leave the batch across steps: two with one spec share its slots, the key
+    the engine sent is used (the worker does not hash the vectors again), a request's extra args
+    are read once, and its slots are released when the runner drops it."""
+    import service.engines.vllm.runner_steering as rs
+
+    args = vectors_to_args([SteeringVector(layer=0, vector=torch.ones(HIDDEN), position="all")])
+    reads: list[str] = []
+
+    class Params:
+        def __init__(self, rid: str, extra: Any) -> None:
+            self.rid, self._extra = rid, extra
+
+        @property
+        def extra_args(self) -> Any:
+            reads.append(self.rid)
+            return self._extra
+
+    steered = {EXTRA_KEY: {"steer": args, "steer_key": "spec-1"}}
+    requests = {rid: types.SimpleNamespace(sampling_params=Params(rid, extra))
+                for rid, extra in (("a", steered), ("b", steered), ("u", None))}
+    batch = types.SimpleNamespace(num_reqs=3, req_ids=["a", "u", "b"], num_computed_tokens_cpu=np.array([0, 0, 0]),
+                                  num_prompt_tokens=np.array([2, 2, 1]))
+    runner = types.SimpleNamespace(input_batch=batch, requests=requests)
+    world = World(1)
+    model = FakeModel(_weights(), 0, world, KVH)
+    layout = find_layout(model, "FakeForCausalLM", LAYERS, H * D, _fake_width)
+    shard = HeadShard(0, 1, H, D)
+    bufs = attach(layout.layers, layout.out_projs, max_tokens=16, slots=5, hidden=HIDDEN, width=shard.width,
+                  dtype=DT, device="cpu")
+    monkeypatch.setattr(rs, "steering_key", lambda _: pytest.fail("the worker hashed the vectors"))
+    steering = RunnerSteering(runner, bufs, shard, HIDDEN)
+    steering.before_step(np.array([2, 2, 1]))  # prefill: a's 2 tokens, u's 2, b's 1
+    slot = steering.alloc.by_key["spec-1"]
+    assert steering.alloc.users["spec-1"] == 2 and steering.alloc.free == 4 - len(slot)
+    body, last, gen = slot.get("body", 0), slot.get("last", 0), slot.get("gen", 0)
+    assert bufs.index[:5].tolist() == [body, last, 0, 0, last]
+    batch.num_computed_tokens_cpu = np.array([2, 2, 1])
+    steering.before_step(np.array([1, 1, 1]))  # decode
+    assert bufs.index[:3].tolist() == [gen, 0, gen]
+    assert sorted(reads) == ["a", "b", "u"]  # once per request, not once per step
+    del requests["a"]  # finished: the runner forgets it, the batch shrinks
+    batch.num_reqs, batch.req_ids = 2, ["b", "u"]
+    batch.num_computed_tokens_cpu, batch.num_prompt_tokens = np.array([2, 3]), np.array([1, 2])
+    steering.before_step(np.array([1, 1]))
+    assert "a" not in steering.phases and steering.alloc.users["spec-1"] == 1
+    assert bufs.index[:3].tolist() == [gen, 0, 0]  # the third entry was cleared: no stale slot
+    del requests["b"]
+    batch.num_reqs, batch.req_ids = 1, ["u"]
+    batch.num_computed_tokens_cpu, batch.num_prompt_tokens = np.array([4]), np.array([2])
+    steering.before_step(np.array([1]))
+    assert steering.alloc.free == 4 and "spec-1" not in steering.alloc.by_key
+    assert bufs.index[:2].tolist() == [0, 0]

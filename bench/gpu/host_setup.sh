@@ -9,6 +9,12 @@ W=.gpuw; [ -d "$W" ] || W=/tmp/gpuw  # carried in this call, or copied to /tmp b
 [ -f /tmp/site/.installed ] || { bash /tmp/stage/install.sh
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$W"/whl/*.whl 2>&1 | grep -v WARNING || true
   touch /tmp/site/.installed; }
+# py-spy (the gpu profile phase): its wheel carries a binary that `pip --target` did not install on the
+# 2026-12-07 host; unpacked here and linked into /tmp/site/bin (session_c.sh puts that on PATH)
+if [ ! -x /tmp/site/bin/py-spy ] && ls "$W"/whl/py_spy-*.whl >/dev/null 2>&1; then
+  python3 -m zipfile -e "$W"/whl/py_spy-*.whl /tmp/pyspy_whl && mkdir -p /tmp/site/bin
+  P=$(find /tmp/pyspy_whl -name py-spy -type f | head -1) && chmod +x "$P" && ln -sf "$P" /tmp/site/bin/py-spy
+fi
 mkdir -p /tmp/tok && cp -r "$W"/tok/. /tmp/tok/ 2>/dev/null || true
 M=/tmp/ahome/models/qwen2.5-coder-0.5b-instruct && mkdir -p "$M"
 if [ ! -f "$M/hf/config.json" ] && ls /tmp/gstage/gguf.part.* >/dev/null 2>&1; then

@@ -9,5 +9,9 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 [ "${FAULTS_S:-420}" = 0 ] || timeout ${FAULTS_S:-420} python3 -m bench.vllm_bench faults ${FAULT_PHASES:-vllm transformers_oom} --home /tmp/ahome \
   --out "$OUT" || echo "faults exit $?"
 cp /tmp/faults/*.log "$OUT/" 2>/dev/null; (cd /tmp/faults && tar czf "$OUT/fault_logs.tgz" *.log) 2>/dev/null
-[ -n "${NO_SOAK:-}" ] || { mkdir -p /tmp/soak0; setsid nohup bash bench/gpu/soak.sh > /tmp/soak0/run.log 2>&1 < /dev/null &
-  sleep 3; echo "soak started"; }
+[ -n "${NO_SOAK:-}" ] || { mkdir -p /tmp/soak0; rm -f /tmp/soak/ready_at; setsid nohup bash bench/gpu/soak.sh > /tmp/soak0/run.log 2>&1 < /dev/null &
+  # return only once the soak's server is ready, reward model included: a benchmark started beside a
+  # vLLM engine that is still profiling its memory makes that engine fail (the 2026-12-07 H100 soak)
+  for _ in $(seq 1 ${SOAK_READY_S:-420}); do [ -f /tmp/soak/ready_at ] && break; sleep 1; done
+  echo "soak started; server ready: $(cat /tmp/soak/ready_at 2>/dev/null || echo no)"
+  python3 -c "import httpx; print(httpx.get('http://127.0.0.1:18200/readyz', timeout=5).text[:300])" || true; }

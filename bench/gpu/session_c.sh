@@ -10,8 +10,8 @@ export BENCH_GIT_REVISION=${BENCH_GIT_REVISION:-unknown} PATH=/tmp/site/bin:$PAT
 bash bench/gpu/host_setup.sh > /dev/null || exit 1
 for _ in $(seq 1 ${SOAK_WAIT_S:-300}); do [ -f /tmp/soak/DONE ] && break; sleep 1; done
 cp /tmp/soak0/run.log /tmp/soak/run.log 2>/dev/null
-(cd /tmp/soak && tar czf "$OUT/soak.tgz" soak_h200.* gpu.txt exit_code soak_exit ready_at server.log run.log 2>/dev/null) ; ls -la /tmp/soak
-cat /tmp/soak/soak_h200.md 2>/dev/null | head -30
+(cd /tmp/soak && tar czf "$OUT/soak.tgz" soak_*.json soak_*.md gpu.txt exit_code soak_exit ready_at server.log run.log 2>/dev/null) ; ls -la /tmp/soak
+cat /tmp/soak/soak_*.md 2>/dev/null | head -30
 [ -f /tmp/rand-0.5b/config.json ] || python3 -m bench.random_checkpoint --shape 0.5b --tokenizer /tmp/tok --out /tmp/rand-0.5b
 [ "${PROF_S:-0}" = 0 ] || timeout "$PROF_S" python3 -m bench.vllm_bench gpu profile --model /tmp/rand-0.5b --out "$OUT/prof" \
   ${PROF_ARGS:-} || echo "profile exit $?"

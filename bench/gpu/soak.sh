@@ -21,13 +21,14 @@ for _ in range(400):
         if httpx.get('http://127.0.0.1:18200/readyz', timeout=2).status_code == 200: break
     except httpx.HTTPError: pass
     time.sleep(1)"
-date +%s > "$W/ready_at"
+date +%s > "$W/ready_at.tmp" && mv "$W/ready_at.tmp" "$W/ready_at"
+DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 ( while kill -0 $SRV 2>/dev/null; do
     pids=$(python3 -c "import psutil,sys; p=psutil.Process($SRV); print(' '.join(str(x.pid) for x in [p]+p.children(recursive=True)))" 2>/dev/null)
     echo "$(date +%s) [$pids] $(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | tr '\n' ';')" >> "$W/gpu.txt"
     sleep 10; done ) &
 python3 -m bench.soak --url http://127.0.0.1:18200 --duration "$DUR" --concurrency 128 --max-tokens 64 \
-  --hang-after 120 --device "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" --out "$W/soak_h200"
+  --hang-after 120 --device "$DEV" --out "$W/soak_$(python3 -c "from bench.harness import device_tag; import sys; print(device_tag(sys.argv[1]))" "$DEV")"
 echo "soak exit $?" > "$W/soak_exit"
 kill -TERM $SRV; wait $SRV; echo $? > "$W/exit_code"
 touch "$W/DONE"

@@ -61,7 +61,8 @@ def _sampled(eng: Any, make: Any, conc: int, seconds: float, raw_dir: Path, tag:
             log = f"{type(exc).__name__}: {exc}"
         path = raw_dir / f"{tag}.{'core' if who == 'engine_core' else 'api'}.txt"
         samples = pyspy.parse_raw(path.read_text()) if path.exists() else []
-        res[who] = pyspy.summarise(samples, "MainThread" if who == "engine_core" else "vllm-loop")
+        busy = pyspy.thread_running(samples, "run_busy_loop") if who == "engine_core" else None
+        res[who] = pyspy.summarise(samples, busy or ("MainThread" if who == "engine_core" else "vllm-loop"))
         res[who]["py_spy"] = log.strip().splitlines()[-2:] if log.strip() else []
     return res
 

@@ -77,6 +77,17 @@ def _named(frames: tuple[Frame, ...]) -> list[Frame]:
     return [f for f in frames if any(root in f.path for root in LIBS)]
 
 
+def thread_running(samples: list[Sample], func: str) -> str | None:
+    """The thread whose stacks most often contain a frame of ``func`` (e.g. ``run_busy_loop``: the
+    engine core's loop). By name is not enough: an engine core forked from the API process's
+    ``vllm-loop`` thread keeps that name for its main thread."""
+    hits: Counter[str] = Counter()
+    for s in samples:
+        if any(f.func.endswith(func) for f in s.frames):
+            hits[s.thread] += s.count
+    return hits.most_common(1)[0][0] if hits else None
+
+
 def summarise(samples: list[Sample], thread: str | None = None, top: int = 20) -> dict[str, Any]:
     """Shares of the samples of ``thread`` (a substring of the thread field; None: the thread with
     the most samples): ``self`` charges each sample to its innermost vLLM / service frame (time in

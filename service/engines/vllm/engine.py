@@ -227,6 +227,7 @@ class VLLMEngine:
             extra[EXTRA_KEY] = dict(tag or {})
             if spec is not None:
                 extra[EXTRA_KEY]["steer"] = spec.args
+                extra[EXTRA_KEY]["steer_key"] = spec.key  # the worker need not hash the vectors again
         paired = tag is not None
         hidden = paired and tag is not None and tag.get("role") == "plain"
         return SamplingParams(
@@ -395,7 +396,7 @@ class VLLMEngine:
 
         self.validate_steering(steering)
         spec = SteeringSpec.of(steering)
-        extra = {EXTRA_KEY: {"steer": spec.args}} if spec is not None else None
+        extra = {EXTRA_KEY: {"steer": spec.args, "steer_key": spec.key}} if spec is not None else None
         salted = self._prompt([], spec)  # the salt is computed once per spec, not per request
 
         async def one(i: int, prompt: list[int]) -> float:

@@ -20,7 +20,7 @@ import torch
 
 from .pairing import EXTRA_KEY
 from .sharding import HeadShard
-from .steer_tables import SlotAllocator, build_phase_tables, steering_key, token_slots, vectors_from_args
+from .steer_tables import SlotAllocator, build_phase_tables, steering_key, token_slots_of, vectors_from_args
 from .steering import SteeringBuffers
 
 log = logging.getLogger("alignserve.vllm.steering")
@@ -37,9 +37,10 @@ class RunnerSteering:
         self.host = torch.zeros(bufs.index.shape[0], dtype=torch.long, pin_memory=pin)
         self.dirty = 0  # tokens written non-zero by the previous step
         self.failed: set[str] = set()  # requests whose tables could not be built (logged once, run unsteered)
+        self.phases: dict[str, tuple[int, int, int]] = {}  # req id -> (body, last, gen) slots, while it runs
 
-    def _install(self, req_id: str, args: list[dict[str, Any]]) -> dict[str, int] | None:
-        key = steering_key(args)
+    def _install(self, req_id: str, args: list[dict[str, Any]], key: str | None = None) -> dict[str, int] | None:
+        key = key or steering_key(args)  # the engine sends the key it computed once per spec
         shared = self.alloc.lookup(req_id, key)
         if shared is not None:
             return shared
@@ -59,28 +60,37 @@ class RunnerSteering:
                 self.bufs.shift[li][slot].copy_(t.head_shift[li])
         return slots
 
+    def _phases_of(self, rid: str) -> tuple[int, int, int]:
+        """(body, last, gen) slots of a request the runner holds; (0, 0, 0) when it is unsteered."""
+        state = self.runner.requests[rid]
+        extra = state.sampling_params.extra_args if state.sampling_params is not None else None
+        ours = (extra or {}).get(EXTRA_KEY, {}) if extra else {}
+        steer = ours.get("steer")
+        slots = self._install(rid, steer, ours.get("steer_key")) if steer else None
+        return (slots.get("body", 0), slots.get("last", 0), slots.get("gen", 0)) if slots else (0, 0, 0)
+
     def before_step(self, num_scheduled: np.ndarray) -> None:
+        """Write this step's per-token slot index. A request's slots are looked up once, when it
+        first appears (its steering never changes), and forgotten when the runner drops it."""
         batch = self.runner.input_batch
         n = batch.num_reqs
-        for rid in [r for r in self.alloc.owned if r not in self.runner.requests]:
+        requests = self.runner.requests
+        for rid in [r for r in self.phases if r not in requests]:
+            del self.phases[rid]
             self.alloc.release(rid)
-        self.failed &= set(self.runner.requests)
-        per_req: list[dict[str, int] | None] = []
-        any_steered = False
+            self.failed.discard(rid)
+        rows = []
         for rid in batch.req_ids[:n]:
-            state = self.runner.requests[rid]
-            extra = state.sampling_params.extra_args if state.sampling_params is not None else None
-            steer = (extra or {}).get(EXTRA_KEY, {}).get("steer") if extra else None
-            slots = None
-            if steer and rid not in self.failed:
-                owned = self.alloc.owned.get(rid)
-                slots = self.alloc.by_key[owned] if owned is not None else self._install(rid, steer)
-                any_steered = any_steered or slots is not None
-            per_req.append(slots)
+            row = self.phases.get(rid)
+            if row is None:
+                row = self.phases[rid] = self._phases_of(rid)
+            rows.append(row)
+        table = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        any_steered = bool(table.any())
         if not any_steered and not self.dirty:
             return
         total = int(num_scheduled[:n].sum())
-        idx = token_slots(batch.num_computed_tokens_cpu[:n], num_scheduled[:n], batch.num_prompt_tokens[:n], per_req)
+        idx = token_slots_of(batch.num_computed_tokens_cpu[:n], num_scheduled[:n], batch.num_prompt_tokens[:n], table)
         width = max(total, self.dirty)
         self.host[:width] = 0
         self.host[:total] = torch.from_numpy(idx)

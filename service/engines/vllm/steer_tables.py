@@ -182,18 +182,26 @@ def token_slots(
     Request ``i`` contributes tokens at positions ``num_computed[i] .. num_computed[i] +
     num_scheduled[i] - 1``.
     """
+    phases = np.array([(s.get("body", 0), s.get("last", 0), s.get("gen", 0)) if s else (0, 0, 0) for s in slots],
+                      dtype=np.int64).reshape(-1, 3)
+    return token_slots_of(num_computed, num_scheduled, prompt_lens, phases)
+
+
+def token_slots_of(num_computed: Sequence[int] | np.ndarray, num_scheduled: Sequence[int] | np.ndarray,
+                   prompt_lens: Sequence[int] | np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """``token_slots`` with each request's (body, last, gen) slots as a row of ``phases`` [n, 3]
+    (0 = unsteered), without a Python pass over the tokens or the requests: the engine calls this
+    every step (the H100 profile had the per-request loop at 8.6 % of the engine core's time)."""
     counts = np.asarray(num_scheduled, dtype=np.int64)
-    out = np.zeros(int(counts.sum()), dtype=np.int64)
-    start = 0
-    for i, n in enumerate(counts.tolist()):
-        s = slots[i]
-        if s:
-            pos = np.arange(int(num_computed[i]), int(num_computed[i]) + n)
-            last = int(prompt_lens[i]) - 1
-            seg = np.where(pos < last, s.get("body", 0), np.where(pos == last, s.get("last", 0), s.get("gen", 0)))
-            out[start:start + n] = seg
-        start += n
-    return out
+    n = len(counts)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    owner = np.repeat(np.arange(n), counts)  # request of each token
+    pos = np.arange(int(counts.sum()), dtype=np.int64) - starts[owner] + np.asarray(num_computed, np.int64)[owner]
+    last = np.asarray(prompt_lens, dtype=np.int64)[owner] - 1
+    p = phases[owner]
+    return np.where(pos < last, p[:, 0], np.where(pos == last, p[:, 1], p[:, 2]))
 
 
 @dataclass(frozen=True)
