@@ -14,6 +14,11 @@
 # http_compare (session_final.sh) 325 s. Owed next, in order: session_a with FAULT_PHASES=vllm (soak
 # included), session_b with EQ_S=0 PAIRS_S=330 (Gemma-2 + async-pairing proof beside the soak),
 # session_c with PAIRS_IL_S=300 (after the soak: steering/LA ratios, then sync vs async pairing).
+# Lessons of 2026-12-07 (H100): a warm machine that idles > 30 s between calls is gone, with /tmp
+# (the next call starts bare: ~60 s plus every stage again) — keep the calls strictly back to back;
+# session_a.sh now waits until the soak server (reward model included) is ready before returning, since
+# a benchmark started beside a vLLM engine that is still profiling its memory made that engine fail; the
+# pairs suite needs > 220 s for equivalence alone; the 7B interleaved run needs ~300 s (3 engine loads).
 # Run from the repository root after `alignserve models pull`. All folders are git-ignored.
 set -euo pipefail
 H=${ALIGNSERVE_HOME:-$HOME/.cache/alignserve}/models/qwen2.5-coder-0.5b-instruct
