@@ -77,6 +77,8 @@ class _HeadDeadline:
     _head_timer: asyncio.TimerHandle | None
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
+    connections: set[Any]
+    app: Any
 
     def _head_timed_out(self) -> None:
         raise NotImplementedError
@@ -90,6 +92,17 @@ class _HeadDeadline:
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _admit(self) -> None:
+        """At connection_made, after the protocol's own set-up: the connection bound, then the
+        header deadline for the first request."""
+        if len(self.connections) > self.limits.max_connections:
+            self.app = _too_many_connections  # every request on this connection: 503, then close
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
 
 class GuardedH11Protocol(_HeadDeadline, H11Protocol):
     """uvicorn's h11 protocol plus the header deadline, the header bound and the connection bound."""
@@ -99,13 +112,7 @@ class GuardedH11Protocol(_HeadDeadline, H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
-        if len(self.connections) > self.limits.max_connections:
-            self.app = _too_many_connections  # every request on this connection: 503, then close
-        self._arm_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
-        super().connection_lost(exc)
+        self._admit()
 
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE and self._head_too_large(data):
@@ -169,13 +176,7 @@ class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol):
         self._in_request = False  # from the end of a head to the end of its body
         self._refused = False
         self._deferred: tuple[int, str, str] | None = None
-        if len(self.connections) > self.limits.max_connections:
-            self.app = _too_many_connections  # every request on this connection: 503, then close
-        self._arm_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
-        super().connection_lost(exc)
+        self._admit()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
