@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from bench.vllm_bench.common import model_label
-from bench.vllm_bench.gpu import STOCK_2C, _write_interleaved, la_efficiency
+from bench.vllm_bench.gpu import (
+    DISTINCT,
+    STOCK_2C,
+    _write_interleaved,
+    distinct_specs,
+    interleaved_plan,
+    interleaved_ratios,
+    la_efficiency,
+)
 from bench.vllm_bench.pyspy import markdown_rows, mean_util, parse_raw, summarise, thread_running
 
 V = "/tmp/site/vllm"
@@ -88,9 +96,9 @@ def test_interleaved_writes_la_efficiency_from_the_same_run(tmp_path: Path) -> N
             "glue: LA+steering": _runs(4000)}
     payload = _write_interleaved(tmp_path, runs, 64, 128, 3, 3, 256, "rand-7b (Qwen2, 28 layers)")
     assert payload["ratios"] == {"LA efficiency (glue: LA)": 0.75, "LA efficiency (glue: LA+steering)": 0.5,
-                                 "stock@2C / stock@C": 1.6}
+                                 "stock@2C / stock@C": 1.6, "LA+steering / LA": 0.667}
     md = next(tmp_path.glob("vllm_interleaved_*.md")).read_text()
-    assert "rand-7b (Qwen2, 28 layers)" in md and "LA efficiency (glue: LA) 0.75" in md
+    assert "rand-7b (Qwen2, 28 layers)" in md and "| LA efficiency (glue: LA) | 0.75 |" in md
     assert "| stock vLLM (async) @2C | 16000 |" in md
 
 
@@ -99,3 +107,35 @@ def test_model_label_reads_the_config(tmp_path: Path) -> None:
                                                       "hidden_size": 3584, "torch_dtype": "bfloat16"}))
     assert model_label(str(tmp_path)) == f"{tmp_path.name} (Qwen2, 28 layers, hidden 3584, bfloat16)"
     assert model_label(str(tmp_path / "missing")) == "missing"
+
+
+def test_interleaved_plan_async_two_engines_with_every_target_workload() -> None:
+    engines, work = interleaved_plan("async", steer_only=False, distinct=True, ttft_c=8)
+    assert engines == {"stock": {"glue": False}, "glue": {"pair_async": True}}
+    names = [w.name for w in work]
+    assert names == ["stock vLLM (async)", STOCK_2C, "glue: plain", "glue: steering", DISTINCT, "glue: LA",
+                     "glue: LA+steering", "stock vLLM (async) @8", "glue: LA @8"]
+    assert {w.name: w.engine for w in work}[DISTINCT] == "glue"
+    assert [w.concurrency_factor for w in work if w.name == STOCK_2C] == [2.0]
+    engines, work = interleaved_plan("sync", steer_only=True, distinct=False, ttft_c=0)
+    assert engines["glue"] == {"pair_async": False} and engines["steer-only"] == {"pairing": False}
+    assert DISTINCT not in [w.name for w in work] and not any(w.fixed_concurrency for w in work)
+
+
+def test_distinct_specs_differ_and_are_reproducible() -> None:
+    a, b = distinct_specs(32, 8, 4), distinct_specs(32, 8, 4)
+    assert len(a) == 4 and all(x[0].vector.equal(y[0].vector) for x, y in zip(a, b, strict=True))
+    assert not a[0][0].vector.equal(a[1][0].vector) and a[0][1].head == 5 and a[0][1].vector.shape == (8,)
+
+
+def test_interleaved_ratios_cover_the_targets() -> None:
+    def v(tok: float, ttft: float = 50.0) -> dict[str, float]:
+        return {"tok_s_median": tok, "ttft_p50_ms": ttft}
+    summary = {"stock vLLM (async)": v(10000), STOCK_2C: v(16000), "glue: plain": v(9800),
+               "glue: steering": v(9000), DISTINCT: v(8000), "glue: LA": v(7600), "glue: LA+steering": v(7220),
+               "stock vLLM (async) @8": v(2000, 40.0), "glue: LA @8": v(1000, 60.0)}
+    r = interleaved_ratios(summary, 8)
+    assert r["glue plain / stock"] == 0.98 and r["steering / stock"] == 0.9 and r["64 distinct specs / stock"] == 0.8
+    assert r["LA+steering / LA"] == 0.95 and r["LA efficiency (glue: LA)"] == 0.95
+    assert r["TTFT p50 LA / stock @8"] == 1.5
+    assert "TTFT p50 LA / stock @8" not in interleaved_ratios(summary, 0)

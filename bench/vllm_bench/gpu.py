@@ -22,6 +22,7 @@ import math
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 
 from bench.harness import free_gpu, transformers_engine, vllm_engine
 from service.alignment.linear_alignment import LinearAlignmentConfig
+from service.alignment.spec import SteeringVector
 from service.engines.base import GenerationRequest, GenerationResult
 from service.engines.transformers.engine import TransformersEngine
 
@@ -45,6 +47,7 @@ PHASES = {
 }
 DEFAULT = ("equivalence", "stress", "throughput")
 STOCK_2C = "stock vLLM (async) @2C"
+DISTINCT = "glue: 64 distinct steering specs"
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
@@ -60,6 +63,14 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--il-requests", type=int, default=768, help="interleaved: requests per run (default 768)")
     ap.add_argument("--il-gpu-mem", type=float, default=0.28,
                     help="interleaved: GPU memory share of each of the three engines (default %(default)s)")
+    ap.add_argument("--il-pairing", choices=["sync", "async"], default="sync",
+                    help="interleaved: the glue engine's LA pairing mode (default %(default)s)")
+    ap.add_argument("--il-no-steer-only", action="store_true",
+                    help="interleaved: leave out the steering-only engine (two engines: room for a 7B shape)")
+    ap.add_argument("--il-no-distinct", action="store_true",
+                    help="interleaved: leave out the 64-distinct-steering-specs workload")
+    ap.add_argument("--il-ttft-concurrency", type=int, default=8,
+                    help="interleaved: concurrency of the TTFT workloads, stock and LA (0: none; default 8)")
     ap.add_argument("--profile-s", type=float, default=8.0, help="profile: py-spy seconds per workload (default 8)")
     ap.add_argument("--profile-concurrency", type=int, default=64, help="profile: concurrency (default 64)")
     ap.add_argument("--tp-tokens", type=int, default=128,
@@ -79,7 +90,8 @@ def run(args: argparse.Namespace, phases: list[str]) -> int:
             throughput(args.model, args.out, levels, args.tp_tokens)
         elif phase == "interleaved":
             interleaved(args.model, args.out, args.il_concurrency, args.tp_tokens, args.il_rounds, args.il_requests,
-                        args.il_gpu_mem)
+                        args.il_gpu_mem, args.il_pairing, not args.il_no_steer_only, not args.il_no_distinct,
+                        args.il_ttft_concurrency)
         elif phase == "profile":
             from .profile import profile
             profile(args.model, args.out, args.profile_concurrency, args.tp_tokens, args.profile_s)
@@ -417,38 +429,83 @@ def breakdown(model: str, out: Path, levels: list[int], max_tokens: int) -> dict
     return payload
 
 
+@dataclass(frozen=True)
+class Workload:
+    """One interleaved workload: the engine it runs on, LA or not, the steering spec of request i."""
+    name: str
+    engine: str
+    la: bool = False
+    steer: str = ""  # "" none, "two" the fixed two-vector spec, "distinct" one of 64 specs per request
+    concurrency_factor: float = 1.0  # x C (2.0: stock@2C, LA's ceiling)
+    fixed_concurrency: int | None = None  # the TTFT workloads run at C = 8
+
+
+def interleaved_plan(pairing: str, steer_only: bool, distinct: bool, ttft_c: int) -> tuple[dict[str, dict[str, Any]],
+                                                                                         list[Workload]]:
+    """Engines (name -> ``VLLMSettings`` fields beyond the shared ones) and workloads of the
+    interleaved phase. ``pairing`` is the glue engine's LA pairing mode (``sync`` = the service's
+    default today, ``async`` = ``--vllm-pairing async``)."""
+    engines: dict[str, dict[str, Any]] = {"stock": {"glue": False}, "glue": {"pair_async": pairing == "async"}}
+    if steer_only:
+        engines["steer-only"] = {"pairing": False}
+    w = [Workload("stock vLLM (async)", "stock"), Workload(STOCK_2C, "stock", concurrency_factor=2.0),
+         Workload("glue: plain", "glue"), Workload("glue: steering", "glue", steer="two")]
+    if distinct:
+        w.append(Workload(DISTINCT, "glue", steer="distinct"))
+    w += [Workload("glue: LA", "glue", la=True), Workload("glue: LA+steering", "glue", la=True, steer="two")]
+    if steer_only:
+        w += [Workload("steer-only engine (async): plain", "steer-only"),
+              Workload("steer-only engine (async): steering", "steer-only", steer="two")]
+    if ttft_c:
+        w += [Workload(f"stock vLLM (async) @{ttft_c}", "stock", fixed_concurrency=ttft_c),
+              Workload(f"glue: LA @{ttft_c}", "glue", la=True, fixed_concurrency=ttft_c)]
+    return engines, w
+
+
+def distinct_specs(hidden: int, head_dim: int, n: int = 64) -> list[tuple[SteeringVector, ...]]:
+    """``n`` different two-vector specs (residual on layer 12, head 5 on layer 8), seeds 100..: a batch
+    where every request brings its own vectors (#18's "64 distinct specs")."""
+    out = []
+    for k in range(n):
+        g = torch.Generator().manual_seed(100 + k)
+        out.append((SteeringVector(layer=12, vector=torch.randn(hidden, generator=g) * 0.6),
+                    SteeringVector(layer=8, head=5, vector=torch.randn(head_dim, generator=g) * 2.0)))
+    return out
+
+
 def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, per_level: int,
-                mem: float = 0.28) -> dict[str, Any]:
+                mem: float = 0.28, pairing: str = "sync", steer_only: bool = True, distinct: bool = True,
+                ttft_c: int = 8) -> dict[str, Any]:
     """The headline ratios with drift removed: stock vLLM (async scheduling), the full glue engine
-    and a steering-only engine (steerable architecture, no LA pairing, async scheduling) live side by
-    side on the GPU, and the workloads run in alternation, ``rounds`` times each."""
+    (LA pairing ``pairing``) and optionally a steering-only engine (steerable architecture, no LA
+    pairing, async scheduling) live side by side on the GPU, and the workloads run in alternation,
+    ``rounds`` times each (every run of a round before the next round)."""
     texts = prompts(40)
     la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
     common: dict[str, Any] = {"gpu_memory_utilization": mem, "cudagraph_sizes": CUDAGRAPH_SIZES}
-    engines = {"stock": vllm_engine(model, glue=False, **common),
-               "glue": vllm_engine(model, **common),
-               "steer-only": vllm_engine(model, pairing=False, **common)}
+    plan, workloads = interleaved_plan(pairing, steer_only, distinct, ttft_c)
+    engines = {key: vllm_engine(model, **common, **extra) for key, extra in plan.items()}
     steer = steering_vectors(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
-    workloads = [("stock vLLM (async)", "stock", None, ()), (STOCK_2C, "stock", None, ()),
-                 ("glue: plain", "glue", None, ()),
-                 ("glue: steering", "glue", None, steer), ("glue: LA", "glue", la, ()),
-                 ("glue: LA+steering", "glue", la, steer), ("steer-only engine (async): plain", "steer-only", None, ()),
-                 ("steer-only engine (async): steering", "steer-only", None, steer)]
-    runs: dict[str, list[dict[str, float]]] = {w[0]: [] for w in workloads}
+    many = distinct_specs(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
+    runs: dict[str, list[dict[str, float]]] = {w.name: [] for w in workloads}
     payload: dict[str, Any] = {}
     for rnd in range(rounds + 1):  # round 0 warms every engine and workload up
-        for name, key, v_la, vecs in workloads:
-            def make(i: int, cb: Any, v_la: Any = v_la, vecs: Any = vecs) -> GenerationRequest:
-                return request(i, texts[i % len(texts)], max_tokens, v_la, vecs, ignore_eos=True,
+        for wl in workloads:
+            def make(i: int, cb: Any, wl: Workload = wl) -> GenerationRequest:
+                vecs = steer if wl.steer == "two" else many[i % len(many)] if wl.steer == "distinct" else ()
+                return request(i, texts[i % len(texts)], max_tokens, la if wl.la else None, vecs, ignore_eos=True,
                                on_token=lambda ev: cb(ev))
-            eng = engines[key]
-            c = 2 * conc if name == STOCK_2C else conc
-            s = eng.call(_vllm_level(eng, make, c, (per_level if rnd else 2 * conc) * c // conc))
+            eng = engines[wl.engine]
+            c = wl.fixed_concurrency or int(conc * wl.concurrency_factor)
+            n = 8 * c if wl.fixed_concurrency else max(2 * c, (per_level if rnd else 2 * conc) * c // conc)
+            s = eng.call(_vllm_level(eng, make, c, n))
             if rnd:
-                runs[name].append(s)
-                print(f"round {rnd} {name:38s} {s['tok_s']:9.1f} tok/s itl p50 {s['itl_p50_ms']:.2f} ms", flush=True)
+                runs[wl.name].append(s)
+                print(f"round {rnd} {wl.name:38s} {s['tok_s']:9.1f} tok/s itl p50 {s['itl_p50_ms']:.2f} ms "
+                      f"ttft p50 {s['ttft_p50_ms']:.1f} ms", flush=True)
         if rnd:  # written after every round: a run cut short by the device's time limit keeps what it measured
-            payload = _write_interleaved(out, runs, conc, max_tokens, rnd, rounds, per_level, model_label(model))
+            payload = _write_interleaved(out, runs, conc, max_tokens, rnd, rounds, per_level, model_label(model),
+                                         pairing, ttft_c)
     for eng in engines.values():
         eng.close()
     free_gpu()
@@ -460,32 +517,51 @@ def la_efficiency(la_tok_s: float, stock_2c_tok_s: float) -> float:
     return la_tok_s / (stock_2c_tok_s / 2)
 
 
+def interleaved_ratios(summary: dict[str, dict[str, float]], ttft_c: int = 0) -> dict[str, float]:
+    """#18's ratios from one run's medians (each only where both of its workloads ran)."""
+    tok = {name: v["tok_s_median"] for name, v in summary.items()}
+    pairs = {"glue plain / stock": ("glue: plain", "stock vLLM (async)"),
+             "steering / stock": ("glue: steering", "stock vLLM (async)"),
+             "64 distinct specs / stock": (DISTINCT, "stock vLLM (async)"),
+             "LA+steering / LA": ("glue: LA+steering", "glue: LA"),
+             "steer-only engine: steering / stock": ("steer-only engine (async): steering", "stock vLLM (async)"),
+             "stock@2C / stock@C": (STOCK_2C, "stock vLLM (async)")}
+    ratios = {k: round(tok[a] / tok[b], 3) for k, (a, b) in pairs.items() if a in tok and b in tok}
+    if STOCK_2C in tok:
+        for name in ("glue: LA", "glue: LA+steering"):
+            if name in tok:
+                ratios[f"LA efficiency ({name})"] = round(la_efficiency(tok[name], tok[STOCK_2C]), 3)
+    la_c, stock_c = f"glue: LA @{ttft_c}", f"stock vLLM (async) @{ttft_c}"
+    if ttft_c and la_c in summary and stock_c in summary:
+        ttft = summary[la_c]["ttft_p50_ms"] / summary[stock_c]["ttft_p50_ms"]
+        ratios[f"TTFT p50 LA / stock @{ttft_c}"] = round(ttft, 3)
+    return ratios
+
+
 def _write_interleaved(out: Path, runs: dict[str, list[dict[str, float]]], conc: int, max_tokens: int,
-                       done: int, rounds: int, per_level: int, label: str) -> dict[str, Any]:
+                       done: int, rounds: int, per_level: int, label: str, pairing: str = "sync",
+                       ttft_c: int = 0) -> dict[str, Any]:
     summary = {name: {"tok_s_median": statistics.median(r["tok_s"] for r in rs),
                       "tok_s_min": min(r["tok_s"] for r in rs), "tok_s_max": max(r["tok_s"] for r in rs),
                       "itl_p50_ms": statistics.median(r["itl_p50_ms"] for r in rs),
                       "itl_p99_ms": statistics.median(r["itl_p99_ms"] for r in rs),
-                      "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs)} for name, rs in runs.items()}
+                      "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs)}
+               for name, rs in runs.items() if rs}
     base = summary["stock vLLM (async)"]["tok_s_median"]
-    ratios = {}
-    if STOCK_2C in summary:
-        s2 = summary[STOCK_2C]["tok_s_median"]
-        ratios = {f"LA efficiency ({name})": round(la_efficiency(summary[name]["tok_s_median"], s2), 3)
-                  for name in ("glue: LA", "glue: LA+steering") if name in summary}
-        ratios["stock@2C / stock@C"] = round(s2 / base, 3)
+    ratios = interleaved_ratios(summary, ttft_c)
     md = [f"# Interleaved throughput — {device_name()}, {label}, concurrency {conc}, {per_level} requests × "
           f"{max_tokens} tokens (EOS ignored) per run, {done} of {rounds} alternating rounds after a warm-up round; "
-          "the three engines share the GPU\n",
+          f"the engines share the GPU; glue engine LA pairing: {pairing}\n",
           "| workload | tok/s (median) | min–max | vs stock | ITL p50 ms | ITL p99 ms | TTFT p50 ms |",
           "|---|---|---|---|---|---|---|"]
     for name, v in summary.items():
         md.append(f"| {name} | {v['tok_s_median']:.0f} | {v['tok_s_min']:.0f}–{v['tok_s_max']:.0f} | "
                   f"{v['tok_s_median'] / base:.2f}x | {v['itl_p50_ms']:.2f} | {v['itl_p99_ms']:.2f} | "
                   f"{v['ttft_p50_ms']:.1f} |")
-    md += ["", "LA efficiency = LA@C / (stock@2C / 2) (#18: 1.0 = no cost beyond the second stream): " +
-           (", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) or "—")]
+    md += ["", "| ratio (#18) | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
+    md += ["", "LA efficiency = LA@C / (stock@2C / 2) (#18: 1.0 = no cost beyond the second stream)."]
     payload = {"model": label, "concurrency": conc, "max_tokens": max_tokens, "requests_per_run": per_level,
-               "rounds": rounds, "rounds_done": done, "summary": summary, "ratios": ratios, "runs": runs}
+               "rounds": rounds, "rounds_done": done, "pairing": pairing, "summary": summary, "ratios": ratios,
+               "runs": runs}
     write(out, "vllm_interleaved", payload, "\n".join(md) + "\n")
     return payload
