@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device call A (after the stage calls): set the host up, run the fault phases (#20), then start the
-# 10-minute soak detached (FAULTS_S=0 skips the faults) (bench/gpu/soak.sh; collected by a later call from /tmp/soak).
+# 10-minute soak detached (FAULTS_S=0 skips the faults; SEVEN_B=1 then builds the 7B shape) (bench/gpu/soak.sh; collected by a later call from /tmp/soak).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 export BENCH_GIT_REVISION=${BENCH_GIT_REVISION:-unknown}
@@ -15,3 +15,7 @@ cp /tmp/faults/*.log "$OUT/" 2>/dev/null; (cd /tmp/faults && tar czf "$OUT/fault
   for _ in $(seq 1 ${SOAK_READY_S:-420}); do [ -f /tmp/soak/ready_at ] && break; sleep 1; done
   echo "soak started; server ready: $(cat /tmp/soak/ready_at 2>/dev/null || echo no)"
   python3 -c "import httpx; print(httpx.get('http://127.0.0.1:18200/readyz', timeout=5).text[:300])" || true; }
+# SEVEN_B=1: build the random-weight 7B shape (CPU and disk only) while the soak runs, for session_c.sh
+[ -z "${SEVEN_B:-}" ] || [ -f /tmp/rand-7b/config.json ] || \
+  python3 -m bench.random_checkpoint --shape 7b --tokenizer /tmp/tok --out /tmp/rand-7b || echo "7b build exit $?"
+echo "call A done: ${SECONDS}s"
