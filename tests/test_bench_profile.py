@@ -12,6 +12,8 @@ from bench.vllm_bench.common import model_label
 from bench.vllm_bench.gpu import (
     DISTINCT,
     STOCK_2C,
+    SYNC_LA,
+    SYNC_PLAIN,
     _write_interleaved,
     distinct_specs,
     interleaved_plan,
@@ -117,7 +119,11 @@ def test_interleaved_plan_async_two_engines_with_every_target_workload() -> None
                      "glue: LA+steering", "stock vLLM (async) @8", "glue: LA @8"]
     assert {w.name: w.engine for w in work}[DISTINCT] == "glue"
     assert [w.concurrency_factor for w in work if w.name == STOCK_2C] == [2.0]
-    engines, work = interleaved_plan("sync", steer_only=True, distinct=False, ttft_c=0)
+    engines, work = interleaved_plan("async", steer_only=False, distinct=False, ttft_c=0, compare_sync=True)
+    assert engines["glue-sync"] == {"pair_async": False}
+    assert [w.name for w in work if w.engine == "glue-sync"] == [SYNC_PLAIN, SYNC_LA]
+    engines, work = interleaved_plan("sync", steer_only=True, distinct=False, ttft_c=0, compare_sync=True)
+    assert "glue-sync" not in engines
     assert engines["glue"] == {"pair_async": False} and engines["steer-only"] == {"pairing": False}
     assert DISTINCT not in [w.name for w in work] and not any(w.fixed_concurrency for w in work)
 
@@ -139,3 +145,6 @@ def test_interleaved_ratios_cover_the_targets() -> None:
     assert r["LA+steering / LA"] == 0.95 and r["LA efficiency (glue: LA)"] == 0.95
     assert r["TTFT p50 LA / stock @8"] == 1.5
     assert "TTFT p50 LA / stock @8" not in interleaved_ratios(summary, 0)
+    summary |= {SYNC_PLAIN: v(6500), SYNC_LA: v(4000)}
+    r = interleaved_ratios(summary, 8)
+    assert r["glue plain, sync pairing / stock"] == 0.65 and r[f"LA efficiency ({SYNC_LA})"] == 0.5

@@ -48,6 +48,7 @@ PHASES = {
 DEFAULT = ("equivalence", "stress", "throughput")
 STOCK_2C = "stock vLLM (async) @2C"
 DISTINCT = "glue: 64 distinct steering specs"
+SYNC_PLAIN, SYNC_LA = "glue, sync pairing: plain", "glue, sync pairing: LA"
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
@@ -67,6 +68,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     help="interleaved: the glue engine's LA pairing mode (default %(default)s)")
     ap.add_argument("--il-no-steer-only", action="store_true",
                     help="interleaved: leave out the steering-only engine (two engines: room for a 7B shape)")
+    ap.add_argument("--il-compare-sync", action="store_true",
+                    help="interleaved, with --il-pairing async: add a glue engine with sync pairing (plain, LA)")
     ap.add_argument("--il-no-distinct", action="store_true",
                     help="interleaved: leave out the 64-distinct-steering-specs workload")
     ap.add_argument("--il-ttft-concurrency", type=int, default=8,
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace, phases: list[str]) -> int:
         elif phase == "interleaved":
             interleaved(args.model, args.out, args.il_concurrency, args.tp_tokens, args.il_rounds, args.il_requests,
                         args.il_gpu_mem, args.il_pairing, not args.il_no_steer_only, not args.il_no_distinct,
-                        args.il_ttft_concurrency)
+                        args.il_ttft_concurrency, args.il_compare_sync)
         elif phase == "profile":
             from .profile import profile
             profile(args.model, args.out, args.profile_concurrency, args.tp_tokens, args.profile_s)
@@ -440,14 +443,17 @@ class Workload:
     fixed_concurrency: int | None = None  # the TTFT workloads run at C = 8
 
 
-def interleaved_plan(pairing: str, steer_only: bool, distinct: bool, ttft_c: int) -> tuple[dict[str, dict[str, Any]],
-                                                                                         list[Workload]]:
+def interleaved_plan(pairing: str, steer_only: bool, distinct: bool, ttft_c: int,
+                     compare_sync: bool = False) -> tuple[dict[str, dict[str, Any]], list[Workload]]:
     """Engines (name -> ``VLLMSettings`` fields beyond the shared ones) and workloads of the
-    interleaved phase. ``pairing`` is the glue engine's LA pairing mode (``sync`` = the service's
-    default today, ``async`` = ``--vllm-pairing async``)."""
+    interleaved phase. ``pairing`` is the glue engine's LA pairing mode (``sync`` or ``async``,
+    ``--vllm-pairing``); ``compare_sync`` adds a second glue engine with synchronous pairing
+    (plain and LA workloads) to an async run, so both modes are priced in one run."""
     engines: dict[str, dict[str, Any]] = {"stock": {"glue": False}, "glue": {"pair_async": pairing == "async"}}
     if steer_only:
         engines["steer-only"] = {"pairing": False}
+    if compare_sync and pairing == "async":
+        engines["glue-sync"] = {"pair_async": False}
     w = [Workload("stock vLLM (async)", "stock"), Workload(STOCK_2C, "stock", concurrency_factor=2.0),
          Workload("glue: plain", "glue"), Workload("glue: steering", "glue", steer="two")]
     if distinct:
@@ -456,6 +462,8 @@ def interleaved_plan(pairing: str, steer_only: bool, distinct: bool, ttft_c: int
     if steer_only:
         w += [Workload("steer-only engine (async): plain", "steer-only"),
               Workload("steer-only engine (async): steering", "steer-only", steer="two")]
+    if "glue-sync" in engines:
+        w += [Workload(SYNC_PLAIN, "glue-sync"), Workload(SYNC_LA, "glue-sync", la=True)]
     if ttft_c:
         w += [Workload(f"stock vLLM (async) @{ttft_c}", "stock", fixed_concurrency=ttft_c),
               Workload(f"glue: LA @{ttft_c}", "glue", la=True, fixed_concurrency=ttft_c)]
@@ -475,7 +483,7 @@ def distinct_specs(hidden: int, head_dim: int, n: int = 64) -> list[tuple[Steeri
 
 def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, per_level: int,
                 mem: float = 0.28, pairing: str = "sync", steer_only: bool = True, distinct: bool = True,
-                ttft_c: int = 8) -> dict[str, Any]:
+                ttft_c: int = 8, compare_sync: bool = False) -> dict[str, Any]:
     """The headline ratios with drift removed: stock vLLM (async scheduling), the full glue engine
     (LA pairing ``pairing``) and optionally a steering-only engine (steerable architecture, no LA
     pairing, async scheduling) live side by side on the GPU, and the workloads run in alternation,
@@ -483,7 +491,7 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
     texts = prompts(40)
     la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
     common: dict[str, Any] = {"gpu_memory_utilization": mem, "cudagraph_sizes": CUDAGRAPH_SIZES}
-    plan, workloads = interleaved_plan(pairing, steer_only, distinct, ttft_c)
+    plan, workloads = interleaved_plan(pairing, steer_only, distinct, ttft_c, compare_sync)
     engines = {key: vllm_engine(model, **common, **extra) for key, extra in plan.items()}
     steer = steering_vectors(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
     many = distinct_specs(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
@@ -525,10 +533,11 @@ def interleaved_ratios(summary: dict[str, dict[str, float]], ttft_c: int = 0) ->
              "64 distinct specs / stock": (DISTINCT, "stock vLLM (async)"),
              "LA+steering / LA": ("glue: LA+steering", "glue: LA"),
              "steer-only engine: steering / stock": ("steer-only engine (async): steering", "stock vLLM (async)"),
-             "stock@2C / stock@C": (STOCK_2C, "stock vLLM (async)")}
+             "stock@2C / stock@C": (STOCK_2C, "stock vLLM (async)"),
+             "glue plain, sync pairing / stock": (SYNC_PLAIN, "stock vLLM (async)")}
     ratios = {k: round(tok[a] / tok[b], 3) for k, (a, b) in pairs.items() if a in tok and b in tok}
     if STOCK_2C in tok:
-        for name in ("glue: LA", "glue: LA+steering"):
+        for name in ("glue: LA", "glue: LA+steering", SYNC_LA):
             if name in tok:
                 ratios[f"LA efficiency ({name})"] = round(la_efficiency(tok[name], tok[STOCK_2C]), 3)
     la_c, stock_c = f"glue: LA @{ttft_c}", f"stock vLLM (async) @{ttft_c}"
