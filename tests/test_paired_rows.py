@@ -99,3 +99,30 @@ def test_sampled_pair_draws_what_the_shared_step_draws() -> None:
     plan = DecodePlan.build([DecodeRow(0, 1, LA, sampling, row_generator(sampling, "cpu"))], "cpu")
     want = [int(decode_step(s, plan).tokens[0]) for s in steps]
     assert got == want and len(set(got)) > 1
+
+
+def test_generator_book_keeps_a_pairs_generator_across_re_admission() -> None:
+    from service.engines.vllm.la_batch import GeneratorBook
+
+    book = GeneratorBook(capacity=2)
+    made: list[str] = []
+
+    def make(seed: int) -> torch.Generator:
+        made.append(str(seed))
+        return torch.Generator().manual_seed(seed)
+
+    g = book.get("p1", lambda: make(5))
+    first = torch.rand(3, generator=g)
+    again = book.get("p1", lambda: make(5))  # the row left the batch and came back
+    assert again is g and made == ["5"]
+    fresh = torch.Generator().manual_seed(5)
+    torch.rand(3, generator=fresh)
+    assert torch.equal(torch.rand(3, generator=again), torch.rand(3, generator=fresh))  # continues, no replay
+    assert not torch.equal(first, torch.rand(3, generator=torch.Generator().manual_seed(6)))
+    assert book.get("greedy", lambda: None) is None and len(book) == 1  # unseeded rows keep nothing
+    book.get("p2", lambda: make(7))
+    book.get("p1", lambda: make(5))  # p1 most recent now
+    book.get("p3", lambda: make(8))  # evicts p2, the least recently used
+    assert len(book) == 2 and made == ["5", "7", "8"]
+    book.get("p2", lambda: make(7))
+    assert made[-1] == "7"

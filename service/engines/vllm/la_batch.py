@@ -16,7 +16,8 @@ share an argmax commit a token that was never aligned.)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,32 @@ class PairedRow:
     la: LinearAlignmentConfig | None  # on the principle row
     sampling: SamplingParams
     generator: torch.Generator | None = None  # seeded sampled rows, on the logits' device
+
+
+class GeneratorBook:
+    """A seeded LA pair's generator for its whole decode, across its rows leaving and rejoining
+    vLLM's persistent batch (held by the pair scheduler, preempted): re-creating it on re-admission
+    would replay the seed's first draws. Pair ids are unique per request; a finished pair's
+    generator is simply forgotten once ``capacity`` newer pairs have one."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._gens: OrderedDict[str, torch.Generator] = OrderedDict()
+
+    def get(self, pair: str, make: Callable[[], torch.Generator | None]) -> torch.Generator | None:
+        gen = self._gens.get(pair)
+        if gen is not None:
+            self._gens.move_to_end(pair)
+            return gen
+        gen = make()
+        if gen is not None:
+            self._gens[pair] = gen
+            while len(self._gens) > self.capacity:
+                self._gens.popitem(last=False)
+        return gen
+
+    def __len__(self) -> int:
+        return len(self._gens)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from ...alignment.linear_alignment import LinearAlignmentConfig
 from ...alignment.sampling import SamplingParams as Sampling
 from ...alignment.sampling import row_generator
-from .la_batch import PairedRow, PairedRows
+from .la_batch import GeneratorBook, PairedRow, PairedRows
 from .pairing import EXTRA_KEY, pair_tag
 
 
@@ -49,6 +49,7 @@ class PairedLinearAlignment(LogitsProcessor):
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         self.state = PairedRows(device)
+        self.generators = GeneratorBook()
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -60,7 +61,10 @@ class PairedLinearAlignment(LogitsProcessor):
         args = (params.extra_args or {})[EXTRA_KEY]
         sampling = sampling_from_args(args)
         la = la_from_args(args) if tag[1] == "principle" else None
-        gen = row_generator(sampling, self.state.device) if la is not None else None  # the pair draws once
+        # the pair draws once, from the principle row; the same generator when the row rejoins the batch
+        gen = None
+        if la is not None:
+            gen = self.generators.get(tag[0], lambda: row_generator(sampling, self.state.device))
         return PairedRow(tag[0], tag[1], la, sampling, gen)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
