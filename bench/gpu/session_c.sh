@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device call C: collect the soak (waits up to SOAK_WAIT_S for /tmp/soak/DONE; SOAK_WAIT_S=0 skips it),
 # then the engine-level interleaved benchmark on a quiet GPU: #18's ratios, #17's steering overhead.
-# IL_MODEL picks the model (default the random 0.5B; /tmp/rand-7b once session_b.sh built it), IL_ARGS
+# IL_MODEL picks the model (default the random 0.5B; /tmp/rand-7b, built here with SEVEN_B=1), IL_ARGS
 # the phase's options (e.g. --il-pairing async --il-no-steer-only); with PROF_S > 0 first the py-spy
 # profile (gpu profile); with PAIRS_IL_S > 0 last the pairing modes side by side (pairs interleaved).
 # No step runs past CALL_S (default 585 s) from the call's start.
@@ -18,6 +18,10 @@ if [ "${SOAK_WAIT_S:-300}" != 0 ]; then
   echo "soak collected: ${SECONDS}s"
 fi
 [ -f /tmp/rand-0.5b/config.json ] || python3 -m bench.random_checkpoint --shape 0.5b --tokenizer /tmp/tok --out /tmp/rand-0.5b
+# SEVEN_B=1: build the random-weight 7B shape first if no earlier call did
+[ -z "${SEVEN_B:-}" ] || [ -f /tmp/rand-7b/config.json ] || \
+  python3 -m bench.random_checkpoint --shape 7b --tokenizer /tmp/tok --out /tmp/rand-7b || echo "7b build exit $?"
+echo "models ready: ${SECONDS}s"
 [ "${PROF_S:-0}" = 0 ] || timeout "$(left "$PROF_S")" python3 -m bench.vllm_bench gpu profile --model /tmp/rand-0.5b \
   --out "$OUT/prof" ${PROF_ARGS:-} || echo "profile exit $?"
 [ "${IL_S:-400}" = 0 ] || timeout "$(left "${IL_S:-400}")" python3 -m bench.vllm_bench ${IL_SUITE:-gpu} ${IL_PHASES:-interleaved} \

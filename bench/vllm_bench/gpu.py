@@ -505,7 +505,7 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
                                on_token=lambda ev: cb(ev))
             eng = engines[wl.engine]
             c = wl.fixed_concurrency or int(conc * wl.concurrency_factor)
-            n = 8 * c if wl.fixed_concurrency else max(2 * c, (per_level if rnd else 2 * conc) * c // conc)
+            n = 4 * c if wl.fixed_concurrency else max(2 * c, (per_level if rnd else 2 * conc) * c // conc)
             s = eng.call(_vllm_level(eng, make, c, n))
             if rnd:
                 runs[wl.name].append(s)
