@@ -187,9 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-seqs", type=int,
                        help="vllm backend: requests in continuous batching at once (default 256)")
     serve.add_argument("--vllm-pairing", choices=["sync", "async", "off"],
-                       help="vllm backend: Linear-Alignment pairs with synchronous scheduling (sync, default), "
-                       "with vLLM's async scheduling (async; not yet verified on a GPU), or no LA (off: every "
-                       "request gets vLLM's async scheduling, LA requests are refused)")
+                       help="vllm backend: Linear-Alignment pairs under vLLM's async scheduling (async, default), "
+                       "with synchronous scheduling for the whole engine (sync), or no LA (off: LA requests "
+                       "are refused)")
     serve.add_argument("--compile-concurrency", type=int,
                        help="vllm backend: vLLM requests a profile compile keeps in flight, 0 = no bound "
                        "(default 32); lower leaves more of the engine to live traffic while a profile compiles")

@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     compile_concurrency: int = Field(32, ge=0, description="vLLM: requests a profile compile keeps in flight "
                                      "(0: no bound); bounds how much a compile takes from live traffic")
     vllm_pairing: Literal["sync", "async", "off"] = Field(
-        "sync", description="vLLM: Linear-Alignment pairs with synchronous scheduling (sync, the "
-        "GPU-verified default), with vLLM's async scheduling (async: not yet verified on a GPU), or no LA "
-        "at all (off: LA requests are refused, everything else gets vLLM's async scheduling)")
+        "async", description="vLLM: Linear-Alignment pairs under vLLM's async scheduling (async, the "
+        "default: every request gets it), with synchronous scheduling for the whole engine (sync: 0.76x "
+        "async for plain requests at 7B), or no LA at all (off: LA requests are refused)")
     gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98,
                                           description="vLLM: share of GPU memory for weights + KV cache")
     kv_cache_blocks: int | None = Field(None, ge=1, description="vLLM: KV-cache blocks (16 tokens each) "

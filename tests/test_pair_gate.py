@@ -117,7 +117,7 @@ def test_a_stranded_member_gives_its_cache_back_after_patience_calls() -> None:
 
 
 def test_vllm_pairing_setting_reaches_the_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """``--vllm-pairing`` / ``ALIGNSERVE_VLLM_PAIRING``: sync (default), async, off (no LA at all)."""
+    """``--vllm-pairing`` / ``ALIGNSERVE_VLLM_PAIRING``: async (default), sync, off (no LA at all)."""
     from service.engines import factory
     from service.engines.vllm import engine as vllm_engine
 
@@ -127,4 +127,4 @@ def test_vllm_pairing_setting_reaches_the_engine(monkeypatch: pytest.MonkeyPatch
     for mode, want in (("sync", (True, False)), ("async", (True, True)), ("off", (False, False))):
         factory.build_engine(Settings(backend="vllm", model=str(tmp_path), vllm_pairing=mode))  # type: ignore[arg-type]
         assert (seen[-1].pairing, seen[-1].pair_async) == want
-    assert Settings().vllm_pairing == "sync"
+    assert Settings().vllm_pairing == "async"

@@ -106,6 +106,7 @@ def test_plain_request_reads_delta_outputs(engine: VLLMEngine) -> None:
     assert [e.text for e in seen] == ["[11]", "[12]", "[13]", "[14]"] and [e.index for e in seen] == [0, 1, 2, 3]
     (sp,) = engine.llm.params.values()
     assert sp.output_kind is Kind.DELTA and sp.detokenize and sp.stop == ["x"]
+    assert sp.skip_clone  # a fresh object per stream: vLLM's AsyncLLM would otherwise deep-copy it
 
 
 def test_la_plain_stream_is_hidden(engine: VLLMEngine) -> None:
@@ -116,7 +117,7 @@ def test_la_plain_stream_is_hidden(engine: VLLMEngine) -> None:
     plain = next(sp for rid, sp in params.items() if rid.endswith("-b"))
     assert lead.output_kind is Kind.DELTA and lead.detokenize and lead.stop == ["x"]
     assert plain.output_kind is Kind.FINAL_ONLY and not plain.detokenize and plain.stop is None
-    assert lead.max_tokens == plain.max_tokens == 4
+    assert lead.max_tokens == plain.max_tokens == 4 and lead is not plain and lead.skip_clone and plain.skip_clone
     assert sorted(engine.llm.aborted) == sorted(params)  # both streams released at the end
 
 

@@ -90,6 +90,27 @@ def test_slots_are_shared_per_spec_and_recycled() -> None:
         pass
 
 
+def test_a_finished_spec_stays_parked_until_a_new_spec_needs_its_slots() -> None:
+    a = SlotAllocator(6)  # slots 1..5
+    s1 = a.allocate("r1", "k1", ["gen", "last"])
+    a.release("r1")
+    assert "k1" in a.parked and a.free == 5
+    assert a.lookup("r2", "k1") == s1 and a.writes == 1  # the next request of the profile: no rewrite
+    a.release("r2")
+    s2 = a.allocate("r3", "k2", ["gen", "last"])
+    a.release("r3")
+    assert set(s2.values()).isdisjoint(s1.values())  # never-used slots go first
+    assert a.lookup("r4", "k1") == s1  # k1 is now the most recently used; k2 the least
+    s3 = a.allocate("r5", "k3", ["body", "last", "gen"])  # 1 free slot left: k2 is evicted, k1 stays
+    assert "k2" not in a.parked and a.lookup("r6", "k2") is None
+    assert set(s3.values()).isdisjoint(s1.values()) and a.users["k1"] == 1
+    try:
+        a.allocate("r7", "k4", ["gen", "last", "body"])  # only live specs left: nothing to evict
+        raise AssertionError("expected exhaustion")
+    except RuntimeError:
+        pass
+
+
 def test_steering_args_round_trip_and_key() -> None:
     vs = [SteeringVector(layer=3, vector=torch.tensor([0.5, -1.0]), head=1, scale=2.0, position="all")]
     args = vectors_to_args(vs)

@@ -318,9 +318,9 @@ def test_halves_of_pairs_cannot_hold_the_kv_cache_hostage(tiny_model_dir: object
 def test_engine_args_pick_the_scheduler_for_the_pairing_mode() -> None:
     from service.engines.vllm.engine import VLLMSettings, engine_args
 
-    sync = engine_args("m", VLLMSettings())
+    sync = engine_args("m", VLLMSettings(pair_async=False))
     assert sync.scheduler_cls.endswith("scheduler.PairedScheduler") and sync.async_scheduling is False
-    asyn = engine_args("m", VLLMSettings(pair_async=True))
+    asyn = engine_args("m", VLLMSettings())  # the default
     assert asyn.scheduler_cls.endswith("scheduler.AsyncPairedScheduler") and asyn.async_scheduling is True
     off = engine_args("m", VLLMSettings(pairing=False))
     assert off.scheduler_cls is None and off.async_scheduling is None and not off.logits_processors

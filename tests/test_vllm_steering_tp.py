@@ -378,5 +378,5 @@ def test_runner_steering_over_steps_shares_caches_and_releases_slots(monkeypatch
     batch.num_reqs, batch.req_ids = 1, ["u"]
     batch.num_computed_tokens_cpu, batch.num_prompt_tokens = np.array([4]), np.array([2])
     steering.before_step(np.array([1]))
-    assert steering.alloc.free == 4 and "spec-1" not in steering.alloc.by_key
+    assert steering.alloc.free == 4 and "spec-1" not in steering.alloc.by_key and "spec-1" in steering.alloc.parked
     assert bufs.index[:2].tolist() == [0, 0]

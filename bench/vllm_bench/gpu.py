@@ -64,7 +64,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--il-requests", type=int, default=768, help="interleaved: requests per run (default 768)")
     ap.add_argument("--il-gpu-mem", type=float, default=0.28,
                     help="interleaved: GPU memory share of each of the three engines (default %(default)s)")
-    ap.add_argument("--il-pairing", choices=["sync", "async"], default="sync",
+    ap.add_argument("--il-pairing", choices=["sync", "async"], default="async",
                     help="interleaved: the glue engine's LA pairing mode (default %(default)s)")
     ap.add_argument("--il-no-steer-only", action="store_true",
                     help="interleaved: leave out the steering-only engine (two engines: room for a 7B shape)")
@@ -399,7 +399,9 @@ def breakdown(model: str, out: Path, levels: list[int], max_tokens: int) -> dict
          [("plain", None, False), ("steering", None, True)]),
         ("steerable arch, sync, no pairing", {"pairing": False, "async_scheduling": False},
          [("plain", None, False)]),
-        ("full glue (sync)", {},
+        ("full glue, sync pairing", {"pair_async": False},
+         [("plain", None, False), ("steering", None, True), ("LA", la, False)]),
+        ("full glue, async pairing", {"pair_async": True},
          [("plain", None, False), ("steering", None, True), ("LA", la, False)]),
     ]
     for name, settings, workloads in engines:
@@ -482,7 +484,7 @@ def distinct_specs(hidden: int, head_dim: int, n: int = 64) -> list[tuple[Steeri
 
 
 def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, per_level: int,
-                mem: float = 0.28, pairing: str = "sync", steer_only: bool = True, distinct: bool = True,
+                mem: float = 0.28, pairing: str = "async", steer_only: bool = True, distinct: bool = True,
                 ttft_c: int = 8, compare_sync: bool = False) -> dict[str, Any]:
     """The headline ratios with drift removed: stock vLLM (async scheduling), the full glue engine
     (LA pairing ``pairing``) and optionally a steering-only engine (steerable architecture, no LA

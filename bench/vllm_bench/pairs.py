@@ -178,7 +178,7 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
     common: dict[str, Any] = {"gpu_memory_utilization": share, "cudagraph_sizes": CUDAGRAPH_SIZES}
     engines = {"stock async": vllm_engine(model, glue=False, **common),
                "stock sync": vllm_engine(model, glue=False, async_scheduling=False, **common),
-               "glue sync pairing": vllm_engine(model, **common),
+               "glue sync pairing": vllm_engine(model, pair_async=False, **common),
                "glue async pairing": vllm_engine(model, pair_async=True, **common)}
     workloads = [("stock vLLM async", "stock async", None, conc),
                  ("stock vLLM async @2C", "stock async", None, 2 * conc),

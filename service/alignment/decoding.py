@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .device_tensor import device_tensor
 from .linear_alignment import AlignmentBatch, LinearAlignmentConfig, linear_alignment_step
 from .sampling import SamplingBatch, SamplingParams, sample
 
@@ -61,7 +62,7 @@ class DecodePlan:
         configs = [r.la for r in rows if r.la is not None]
 
         def idx(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device)
+            return device_tensor(values, torch.long, device)
 
         return cls(
             size=len(rows),

@@ -46,6 +46,7 @@ from typing import Literal
 
 import torch
 
+from .device_tensor import device_tensor
 from .sampling import nucleus_mask
 
 __all__ = ["AlignedStep", "AlignmentBatch", "LinearAlignmentConfig", "adaptive_strength", "combine_logits",
@@ -118,12 +119,12 @@ class AlignmentBatch:
     @classmethod
     def build(cls, configs: Sequence[LinearAlignmentConfig], device: torch.device | str) -> AlignmentBatch:
         def col(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device)
+            return device_tensor(values, torch.float32, device)
 
         return cls(
             size=len(configs),
             strength=col([c.strength for c in configs]),
-            adaptive=torch.tensor([c.adaptive for c in configs], dtype=torch.bool, device=device),
+            adaptive=device_tensor([c.adaptive for c in configs], torch.bool, device),
             kl_budget=col([c.kl_budget for c in configs]),
             max_strength=col([c.max_strength for c in configs]),
             top_p=col([c.plausibility_top_p for c in configs]),

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .device_tensor import device_tensor
+
 # Below this, logits / T overflows float32 for ordinary logit gaps; such a T means "greedy" anyway.
 MIN_TEMPERATURE = 1e-5
 # Tokens read by the nucleus fast path (host-side decision, CPU only; see ``nucleus_mask``).
@@ -172,10 +174,10 @@ class SamplingBatch:
         chosen = [params[i] for i in order]
         return cls(
             size=len(params),
-            sampled_rows=torch.tensor(order, dtype=torch.long, device=device),
-            temperature=torch.tensor([p.temperature for p in chosen], dtype=torch.float32, device=device),
-            top_k=torch.tensor([p.top_k for p in chosen], dtype=torch.long, device=device),
-            top_p=torch.tensor([p.top_p for p in chosen], dtype=torch.float32, device=device),
+            sampled_rows=device_tensor(order, torch.long, device),
+            temperature=device_tensor([p.temperature for p in chosen], torch.float32, device),
+            top_k=device_tensor([p.top_k for p in chosen], torch.long, device),
+            top_p=device_tensor([p.top_p for p in chosen], torch.float32, device),
             n_unseeded=len(unseeded), generators=tuple(gens),
             max_top_k=max((p.top_k for p in chosen), default=0),
             any_top_p=any(p.top_p < 1.0 for p in chosen),

@@ -68,9 +68,9 @@ class VLLMSettings:
     strict_pairs: bool = False  # raise inside the engine if a pair ever leaves lock-step
     glue: bool = True  # False: stock vLLM (no pairing, no steering) — the benchmark baseline
     pairing: bool = True  # LA pairs (scheduler + logits processor); False: no LA, vLLM's async scheduling
-    # LA pairs under vLLM's async scheduling (scheduler.AsyncPairedScheduler). Off until the GPU
-    # equivalence run (`python -m bench.vllm_bench pair_async`) has passed; see DESIGN.md.
-    pair_async: bool = False
+    # LA pairs under vLLM's async scheduling (scheduler.AsyncPairedScheduler), the default since the
+    # H100 proof (bench/results/vllm_pairs_*_h100.md); False: synchronous scheduling. See DESIGN.md.
+    pair_async: bool = True
     async_scheduling: bool | None = None  # engines without pairing: None = vLLM's default (async)
     cudagraph_sizes: list[int] | None = None
     # vLLM requests a profile compile keeps in flight (0: no bound). The head-selection readout is
@@ -236,7 +236,7 @@ class VLLMEngine:
             seed=None if paired else sp.seed, stop=None if hidden else (list(sp.stop) or None),
             ignore_eos=sp.ignore_eos, detokenize=not hidden,
             output_kind=RequestOutputKind.FINAL_ONLY if hidden else RequestOutputKind.DELTA,
-            extra_args=extra or None)
+            extra_args=extra or None, skip_clone=True)  # built for this one stream: vLLM need not deep-copy it
 
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
         """One request (two vLLM sequences for LA) from submission to its last token."""
@@ -401,7 +401,7 @@ class VLLMEngine:
 
         async def one(i: int, prompt: list[int]) -> float:
             sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(label_ids),
-                                extra_args=extra)
+                                extra_args=extra, skip_clone=True)
             final = None
             async with limit if limit is not None else contextlib.nullcontext():
                 async for out in self.llm.generate({**salted, "prompt_token_ids": prompt}, sp,

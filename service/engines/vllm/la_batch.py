@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ...alignment.decoding import DecodePlan, DecodeRow, decode_step
+from ...alignment.device_tensor import device_tensor
 from ...alignment.linear_alignment import LinearAlignmentConfig
 from ...alignment.sampling import SamplingParams
 
@@ -148,8 +149,8 @@ class PairedRows:
         forced = [p for p, _ in layout.pairs] + [q for _, q in layout.pairs] + [i for i, _ in layout.vetoed]
         tensors = _StepTensors(
             plan=plan,
-            forced_rows=torch.tensor(forced, dtype=torch.long, device=self.device),
-            veto_tokens=torch.tensor([t for _, t in layout.vetoed], dtype=torch.long, device=self.device),
+            forced_rows=device_tensor(forced, torch.long, self.device),
+            veto_tokens=device_tensor([t for _, t in layout.vetoed], torch.long, self.device),
         )
         self._cache = (batch, tensors)
         self.builds += 1

@@ -18,9 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...alignment.device_tensor import to_device
 from .pairing import EXTRA_KEY
 from .sharding import HeadShard
-from .steer_tables import SlotAllocator, build_phase_tables, steering_key, token_slots_of, vectors_from_args
+from .steer_tables import (
+    PhaseTables,
+    SlotAllocator,
+    build_phase_tables,
+    steering_key,
+    token_slots_of,
+    vectors_from_args,
+)
 from .steering import SteeringBuffers
 
 log = logging.getLogger("alignserve.vllm.steering")
@@ -45,20 +53,28 @@ class RunnerSteering:
         if shared is not None:
             return shared
         try:
-            tables = build_phase_tables(vectors_from_args(args), len(self.bufs.resid), self.hidden, self.shard,
-                                        self.bufs.index.device)
+            tables = build_phase_tables(vectors_from_args(args), len(self.bufs.resid), self.hidden, self.shard)
             slots = self.alloc.allocate(req_id, key, list(tables))
         except Exception:  # the engine validates and admits first; never take the engine down over one request
             log.exception("steering tables for %s could not be built; it runs unsteered", req_id)
             self.failed.add(req_id)
             return None
-        for phase, slot in slots.items():
-            t = tables[phase]
-            for li in range(len(self.bufs.resid)):
-                self.bufs.resid[li][slot].copy_(t.resid_add[li])
-                self.bufs.keep[li][slot].copy_(t.head_keep[li])
-                self.bufs.shift[li][slot].copy_(t.head_shift[li])
+        self._write(tables, slots)
         return slots
+
+    def _write(self, tables: dict[str, PhaseTables], slots: dict[str, int]) -> None:
+        """Tables built on the host go to their slots with one non-blocking copy per table kind and
+        one row scatter per layer: a blocking copy here would wait for the step in flight (ending
+        async scheduling's overlap), and a copy per layer, slot and kind was ~250 launches."""
+        phases = list(tables)
+        dev, dtype = self.bufs.index.device, self.bufs.resid[0].dtype
+        rows = to_device(torch.tensor([slots[p] for p in phases], dtype=torch.long), dev)
+        kinds = ((self.bufs.resid, "resid_add"), (self.bufs.keep, "head_keep"), (self.bufs.shift, "head_shift"))
+        for bufs, field in kinds:
+            host = torch.stack([getattr(tables[p], field) for p in phases], dim=1)  # [layers, phases, width]
+            values = to_device(host, dev, dtype)
+            for li, buf in enumerate(bufs):
+                buf.index_copy_(0, rows, values[li])
 
     def _phases_of(self, rid: str) -> tuple[int, int, int]:
         """(body, last, gen) slots of a request the runner holds; (0, 0, 0) when it is unsteered."""
