@@ -54,6 +54,8 @@ def check_paired_rows(device: str = "cuda", pairs: int = 64, vocab: int = 152064
         logits = torch.randn(batch, vocab, device=device, generator=g) * 4
         if step == 2:  # a pair leaves, another joins, two rows swap: the tensors are rebuilt
             state.update([0, 1], [(0, rows[pairs][0]), (1, rows[pairs][1])], [(2, 3, True)])
+        if step == 3:  # a member whose partner is not in the batch: vetoed
+            state.update([], [(batch - 3, PairedRow("lonely", "plain", None, SamplingParams()))], [])
         if step == 4:
             state.update([], [(batch - 2, rows[pairs + 1][0]), (batch - 1, rows[pairs + 1][1])], [])
         state.apply(logits)

@@ -13,6 +13,7 @@ from service.alignment.device_tensor import device_tensor, to_device
 def test_device_tensor_on_cpu_is_torch_tensor() -> None:
     t = device_tensor([1, 2, 3], torch.long, "cpu")
     assert t.dtype == torch.long and t.tolist() == [1, 2, 3]
+    assert device_tensor([], torch.float32, "cpu").shape == (0,)
     f = to_device(torch.tensor([0.5, 1.5]), "cpu", torch.bfloat16)
     assert f.dtype == torch.bfloat16 and f.tolist() == [0.5, 1.5]
 

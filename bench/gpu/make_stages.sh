@@ -19,6 +19,12 @@
 # session_a.sh now waits until the soak server (reward model included) is ready before returning, since
 # a benchmark started beside a vLLM engine that is still profiling its memory made that engine fail; the
 # pairs suite needs > 220 s for equivalence alone; the 7B interleaved run needs ~300 s (3 engine loads).
+# 2026-12-07 (second session): four refused starts cost ~750 s of the 1,800; what does not need the
+# embedded model (pairs, interleaved, sync_free, random checkpoints) needs only .stage1-5 + .gpuw —
+# 5 calls, the fifth carrying .stage5 .gpuw and running the work (session_b.sh / session_c.sh).
+# Owed next: `python3 -m bench.sync_free --out $OUT` (seconds), then SEVEN_B=1 session_c.sh with
+# IL_ARGS="--il-compare-sync --il-no-steer-only --il-requests 192 --il-rounds 3" (re-measure after the
+# host-wait fixes, ~360 s), then the full 13-call staging for session_a.sh (FAULT_PHASES=vllm) + soak.
 # Run from the repository root after `alignserve models pull`. All folders are git-ignored.
 set -euo pipefail
 H=${ALIGNSERVE_HOME:-$HOME/.cache/alignserve}/models/qwen2.5-coder-0.5b-instruct

@@ -21,6 +21,8 @@ def device_tensor(values: Sequence[float] | Sequence[int] | Sequence[bool], dtyp
     dev = torch.device(device)
     if dev.type != "cuda":
         return torch.tensor(values, dtype=dtype, device=dev)
+    if not len(values):
+        return torch.empty(0, dtype=dtype, device=dev)  # nothing to copy
     return torch.tensor(values, dtype=dtype, pin_memory=True).to(dev, non_blocking=True)
 
 
