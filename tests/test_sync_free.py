@@ -26,3 +26,15 @@ def test_checks_run_on_cpu() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_glue_steps_do_not_synchronise_on_cuda() -> None:
     assert all(r["ok"] for r in run_checks("cuda").values())
+
+
+def test_steer_host_cost_measures_both_wire_forms(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bench.steer_host_cost import main
+
+    assert main(["--hidden", "64", "--head-dim", "8", "--repeats", "5", "--out", str(tmp_path)]) == 0
+    import json
+
+    data = json.loads(next(tmp_path.glob("steer_host_cost_*.json")).read_text())
+    now, before = data["rows"]
+    assert now["form"].startswith("float32 bytes") and before["form"].startswith("list of floats")
+    assert now["wire_bytes"] < before["wire_bytes"]  # 4 bytes a value against msgpack's 9 for a float
