@@ -99,7 +99,7 @@ def test_interleaved_writes_la_efficiency_from_the_same_run(tmp_path: Path) -> N
     payload = _write_interleaved(tmp_path, runs, 64, 128, 3, 3, 256, "rand-7b (Qwen2, 28 layers)")
     assert payload["ratios"] == {"LA efficiency (glue: LA)": 0.75, "LA efficiency (glue: LA+steering)": 0.5,
                                  "stock@2C / stock@C": 1.6, "LA+steering / LA": 0.667}
-    md = next(tmp_path.glob("vllm_interleaved_*.md")).read_text()
+    md = next(tmp_path.glob("vllm_interleaved_7b_*.md")).read_text()  # the 7B shape keeps its own file
     assert "rand-7b (Qwen2, 28 layers)" in md and "| LA efficiency (glue: LA) | 0.75 |" in md
     assert "| stock vLLM (async) @2C | 16000 |" in md
 

@@ -527,6 +527,12 @@ def la_efficiency(la_tok_s: float, stock_2c_tok_s: float) -> float:
     return la_tok_s / (stock_2c_tok_s / 2)
 
 
+def interleaved_stem(label: str) -> str:
+    """``vllm_interleaved_7b`` for the random-weight 7B shape (``rand-7b``, bench/random_checkpoint.py),
+    so its table sits beside the 0.5B one instead of replacing it; ``vllm_interleaved`` otherwise."""
+    return "vllm_interleaved_7b" if label.split(" ", 1)[0] == "rand-7b" else "vllm_interleaved"
+
+
 def interleaved_ratios(summary: dict[str, dict[str, float]], ttft_c: int = 0) -> dict[str, float]:
     """#18's ratios from one run's medians (each only where both of its workloads ran)."""
     tok = {name: v["tok_s_median"] for name, v in summary.items()}
@@ -574,5 +580,5 @@ def _write_interleaved(out: Path, runs: dict[str, list[dict[str, float]]], conc:
     payload = {"model": label, "concurrency": conc, "max_tokens": max_tokens, "requests_per_run": per_level,
                "rounds": rounds, "rounds_done": done, "pairing": pairing, "summary": summary, "ratios": ratios,
                "runs": runs}
-    write(out, "vllm_interleaved", payload, "\n".join(md) + "\n")
+    write(out, interleaved_stem(label), payload, "\n".join(md) + "\n")
     return payload

@@ -43,7 +43,7 @@ class Suite:
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("gpu", "gpu", "vLLM engine vs the transformers reference: equivalence, stress, throughput",
           ("vllm_equivalence", "vllm_equivalence_float32", "vllm_stress", "vllm_throughput", "vllm_interleaved",
-           "vllm_breakdown", "vllm_profile")),
+           "vllm_interleaved_7b", "vllm_breakdown", "vllm_profile")),
     Suite("pairs", "pairs", "LA pairing under async vs sync scheduling: equivalence, stress, interleaved tok/s",
           ("vllm_pairs_equivalence", "vllm_pairs_stress", "vllm_pairs_interleaved")),
     Suite("serve", "serve", "alignserve serve --backend vllm end to end over HTTP", ("vllm_serve",)),
