@@ -22,6 +22,9 @@ fi
 [ -z "${SEVEN_B:-}" ] || [ -f /tmp/rand-7b/config.json ] || \
   python3 -m bench.random_checkpoint --shape 7b --tokenizer /tmp/tok --out /tmp/rand-7b || echo "7b build exit $?"
 echo "models ready: ${SECONDS}s"
+# MICRO=1: the sort-free nucleus against the full sort, and the step's no-host-wait checks (seconds)
+[ -z "${MICRO:-}" ] || { timeout "$(left 120)" python3 -m bench.nucleus_gpu --out "$OUT" || echo "nucleus_gpu exit $?"
+  timeout "$(left 60)" python3 -m bench.sync_free --out "$OUT" || echo "sync_free exit $?"; }
 [ "${PROF_S:-0}" = 0 ] || timeout "$(left "$PROF_S")" python3 -m bench.vllm_bench gpu profile --model /tmp/rand-0.5b \
   --out "$OUT/prof" ${PROF_ARGS:-} || echo "profile exit $?"
 [ "${IL_S:-400}" = 0 ] || timeout "$(left "${IL_S:-400}")" python3 -m bench.vllm_bench ${IL_SUITE:-gpu} ${IL_PHASES:-interleaved} \

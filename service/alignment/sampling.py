@@ -15,12 +15,16 @@ plausibility constraint in ``linear_alignment``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .device_tensor import device_tensor
+from .nucleus_threshold import ENV as THRESHOLD_ENV
+from .nucleus_threshold import available as threshold_available
+from .nucleus_threshold import nucleus_threshold
 
 # Below this, logits / T overflows float32 for ordinary logit gaps; such a T means "greedy" anyway.
 MIN_TEMPERATURE = 1e-5
@@ -88,9 +92,10 @@ def nucleus_mask(logits: torch.Tensor, top_p: torch.Tensor, temperature: torch.T
 
     Two exact paths, the same mask (up to the order of exactly tied probabilities):
 
-    * ``sync_free`` (the default on accelerators): one full sort per step, decided on nothing. A
-      top-k fast path would not save anything here: without looking at the device, the full-sort
-      fallback for rows the top-k does not cover has to be computed for every row anyway.
+    * ``sync_free`` (the default on accelerators): on CUDA with Triton, a per-row threshold from the
+      ``fast_k`` most likely tokens, and for the rows they do not cover a bisection kernel that the
+      device itself skips for covered rows (``nucleus_threshold``; every token tied with the last
+      one kept is kept); without Triton one full sort per step, decided on nothing.
     * host (the default on CPU, where reading a tensor waits for nothing): the nucleus is read from
       the ``fast_k`` most likely tokens, and only rows whose top-k holds less than ``top_p`` are
       fully sorted — a full-vocabulary sort is by far the most expensive part of a step on CPU.
@@ -101,6 +106,15 @@ def nucleus_mask(logits: torch.Tensor, top_p: torch.Tensor, temperature: torch.T
     return nucleus_mask_of_probs(torch.softmax(x, dim=-1), top_p, fast_k, sync_free)
 
 
+def threshold_path(probs: torch.Tensor) -> bool:
+    """The sync-free nucleus without a sort (``nucleus_threshold``): on CUDA with Triton;
+    ``ALIGNSERVE_NUCLEUS_TRITON=force`` also on CPU (tests, under ``TRITON_INTERPRET=1``), ``=0`` never."""
+    switch = os.environ.get(THRESHOLD_ENV)
+    if switch is not None and switch in ("0", "force"):
+        return switch == "force"
+    return probs.is_cuda and threshold_available()
+
+
 def nucleus_mask_of_probs(probs: torch.Tensor, top_p: torch.Tensor, fast_k: int = NUCLEUS_FAST_K,
                           sync_free: bool | None = None) -> torch.Tensor:
     """``nucleus_mask`` of an already computed ``softmax`` (float32)."""
@@ -108,6 +122,8 @@ def nucleus_mask_of_probs(probs: torch.Tensor, top_p: torch.Tensor, fast_k: int 
     if sync_free is None:
         sync_free = probs.device.type != "cpu"
     vocab = probs.shape[-1]
+    if sync_free and fast_k < vocab and threshold_path(probs):
+        return probs >= nucleus_threshold(probs, top_p, fast_k).unsqueeze(-1)
     if sync_free or fast_k >= vocab:
         p = torch.where(p >= 1.0, float("inf"), p)  # top_p >= 1: every token's mass before is below it
         return _keep_from_sorted(*probs.sort(dim=-1, descending=True), p, probs.shape)

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Dynami
 
 from ...alignment.decoding import DecodePlan, DecodeRow, decode_step
 from ...alignment.linear_alignment import LinearAlignmentConfig
+from ...alignment.nucleus_threshold import warm_up
 from ...alignment.sampling import row_generator
 from ...alignment.spec import SteeringVector
 from ..base import (
@@ -103,6 +104,7 @@ class TransformersEngine:
         model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype, **extra)
         self.model: Any = model.to(self.device)
         self.model.eval()
+        warm_up(self.device)  # on CUDA: the sort-free nucleus kernel, compiled before the first request
         self._cache_kw = cache_keyword(self.model)
         cfg = self.model.config
         self.num_layers = int(cfg.num_hidden_layers)

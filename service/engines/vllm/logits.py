@@ -19,6 +19,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from ...alignment.linear_alignment import LinearAlignmentConfig
+from ...alignment.nucleus_threshold import warm_up
 from ...alignment.sampling import SamplingParams as Sampling
 from ...alignment.sampling import row_generator
 from .la_batch import GeneratorBook, PairedRow, PairedRows
@@ -50,6 +51,7 @@ class PairedLinearAlignment(LogitsProcessor):
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         self.state = PairedRows(device)
         self.generators = GeneratorBook()
+        warm_up(device)  # the sort-free nucleus kernel, compiled before the first LA request
 
     def is_argmax_invariant(self) -> bool:
         return False
