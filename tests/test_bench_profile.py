@@ -148,3 +148,10 @@ def test_interleaved_ratios_cover_the_targets() -> None:
     summary |= {SYNC_PLAIN: v(6500), SYNC_LA: v(4000)}
     r = interleaved_ratios(summary, 8)
     assert r["glue plain, sync pairing / stock"] == 0.65 and r[f"LA efficiency ({SYNC_LA})"] == 0.5
+
+
+def test_interleaved_plan_compare_sort_adds_an_la_engine_with_the_kernel_off() -> None:
+    engines, work = interleaved_plan("async", steer_only=False, distinct=False, ttft_c=0, compare_sort=True)
+    assert engines["glue-sort"] == {"pair_async": True}
+    sort = [w for w in work if w.engine == "glue-sort"]
+    assert [(w.name, w.la) for w in sort] == [("glue, full-sort nucleus: LA", True)]

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
+import os
 import random
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ import torch
 
 from bench.harness import free_gpu, transformers_engine, vllm_engine
 from service.alignment.linear_alignment import LinearAlignmentConfig
+from service.alignment.nucleus_threshold import ENV as NUCLEUS_ENV
 from service.alignment.spec import SteeringVector
 from service.engines.base import GenerationRequest, GenerationResult
 from service.engines.transformers.engine import TransformersEngine
@@ -70,6 +74,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     help="interleaved: leave out the steering-only engine (two engines: room for a 7B shape)")
     ap.add_argument("--il-compare-sync", action="store_true",
                     help="interleaved, with --il-pairing async: add a glue engine with sync pairing (plain, LA)")
+    ap.add_argument("--il-compare-sort", action="store_true",
+                    help="interleaved: also LA on a glue engine with the full-sort nucleus (kernel off)")
     ap.add_argument("--il-no-distinct", action="store_true",
                     help="interleaved: leave out the 64-distinct-steering-specs workload")
     ap.add_argument("--il-ttft-concurrency", type=int, default=8,
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace, phases: list[str]) -> int:
         elif phase == "interleaved":
             interleaved(args.model, args.out, args.il_concurrency, args.tp_tokens, args.il_rounds, args.il_requests,
                         args.il_gpu_mem, args.il_pairing, not args.il_no_steer_only, not args.il_no_distinct,
-                        args.il_ttft_concurrency, args.il_compare_sync)
+                        args.il_ttft_concurrency, args.il_compare_sync, args.il_compare_sort)
         elif phase == "profile":
             from .profile import profile
             profile(args.model, args.out, args.profile_concurrency, args.tp_tokens, args.profile_s)
@@ -445,12 +451,18 @@ class Workload:
     fixed_concurrency: int | None = None  # the TTFT workloads run at C = 8
 
 
+SORT_LA = "glue, full-sort nucleus: LA"
+
+
 def interleaved_plan(pairing: str, steer_only: bool, distinct: bool, ttft_c: int,
-                     compare_sync: bool = False) -> tuple[dict[str, dict[str, Any]], list[Workload]]:
+                     compare_sync: bool = False, compare_sort: bool = False
+                     ) -> tuple[dict[str, dict[str, Any]], list[Workload]]:
     """Engines (name -> ``VLLMSettings`` fields beyond the shared ones) and workloads of the
     interleaved phase. ``pairing`` is the glue engine's LA pairing mode (``sync`` or ``async``,
     ``--vllm-pairing``); ``compare_sync`` adds a second glue engine with synchronous pairing
-    (plain and LA workloads) to an async run, so both modes are priced in one run."""
+    (plain and LA workloads) to an async run, so both modes are priced in one run; ``compare_sort``
+    a glue engine whose engine core keeps the full-sort nucleus (``ALIGNSERVE_NUCLEUS_TRITON=0``),
+    LA only: the sort-free nucleus priced in the same run."""
     engines: dict[str, dict[str, Any]] = {"stock": {"glue": False}, "glue": {"pair_async": pairing == "async"}}
     if steer_only:
         engines["steer-only"] = {"pairing": False}
@@ -466,6 +478,9 @@ def interleaved_plan(pairing: str, steer_only: bool, distinct: bool, ttft_c: int
               Workload("steer-only engine (async): steering", "steer-only", steer="two")]
     if "glue-sync" in engines:
         w += [Workload(SYNC_PLAIN, "glue-sync"), Workload(SYNC_LA, "glue-sync", la=True)]
+    if compare_sort:
+        engines["glue-sort"] = {"pair_async": pairing == "async"}
+        w.append(Workload(SORT_LA, "glue-sort", la=True))
     if ttft_c:
         w += [Workload(f"stock vLLM (async) @{ttft_c}", "stock", fixed_concurrency=ttft_c),
               Workload(f"glue: LA @{ttft_c}", "glue", la=True, fixed_concurrency=ttft_c)]
@@ -485,7 +500,7 @@ def distinct_specs(hidden: int, head_dim: int, n: int = 64) -> list[tuple[Steeri
 
 def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, per_level: int,
                 mem: float = 0.28, pairing: str = "async", steer_only: bool = True, distinct: bool = True,
-                ttft_c: int = 8, compare_sync: bool = False) -> dict[str, Any]:
+                ttft_c: int = 8, compare_sync: bool = False, compare_sort: bool = False) -> dict[str, Any]:
     """The headline ratios with drift removed: stock vLLM (async scheduling), the full glue engine
     (LA pairing ``pairing``) and optionally a steering-only engine (steerable architecture, no LA
     pairing, async scheduling) live side by side on the GPU, and the workloads run in alternation,
@@ -493,8 +508,12 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
     texts = prompts(40)
     la = LinearAlignmentConfig(PRINCIPLE, strength=3.0)
     common: dict[str, Any] = {"gpu_memory_utilization": mem, "cudagraph_sizes": CUDAGRAPH_SIZES}
-    plan, workloads = interleaved_plan(pairing, steer_only, distinct, ttft_c, compare_sync)
-    engines = {key: vllm_engine(model, **common, **extra) for key, extra in plan.items()}
+    plan, workloads = interleaved_plan(pairing, steer_only, distinct, ttft_c, compare_sync, compare_sort)
+    engines = {}
+    for key, extra in plan.items():
+        # the engine core inherits the environment when it is spawned, here
+        with _env(NUCLEUS_ENV, "0" if key == "glue-sort" else None):
+            engines[key] = vllm_engine(model, **common, **extra)
     steer = steering_vectors(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
     many = distinct_specs(engines["glue"].num_heads * engines["glue"].head_dim, engines["glue"].head_dim)
     runs: dict[str, list[dict[str, float]]] = {w.name: [] for w in workloads}
@@ -522,6 +541,22 @@ def interleaved(model: str, out: Path, conc: int, max_tokens: int, rounds: int, 
     return payload
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """``name=value`` while the block runs (``None``: unchanged)."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
 def la_efficiency(la_tok_s: float, stock_2c_tok_s: float) -> float:
     """#18's ceiling for LA at concurrency C: it decodes 2C sequences and shows half of them."""
     return la_tok_s / (stock_2c_tok_s / 2)
@@ -545,7 +580,7 @@ def interleaved_ratios(summary: dict[str, dict[str, float]], ttft_c: int = 0) ->
              "glue plain, sync pairing / stock": (SYNC_PLAIN, "stock vLLM (async)")}
     ratios = {k: round(tok[a] / tok[b], 3) for k, (a, b) in pairs.items() if a in tok and b in tok}
     if STOCK_2C in tok:
-        for name in ("glue: LA", "glue: LA+steering", SYNC_LA):
+        for name in ("glue: LA", "glue: LA+steering", SYNC_LA, SORT_LA):
             if name in tok:
                 ratios[f"LA efficiency ({name})"] = round(la_efficiency(tok[name], tok[STOCK_2C]), 3)
     la_c, stock_c = f"glue: LA @{ttft_c}", f"stock vLLM (async) @{ttft_c}"
