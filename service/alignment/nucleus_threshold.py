@@ -41,14 +41,20 @@ def _kernel() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def nucleus_fallback(probs_ptr, stride, vocab, top_p_ptr, covered_ptr, lo_ptr, hi_ptr, tau_ptr,
+    def nucleus_fallback(probs_ptr, stride, vocab, top_p_ptr, covered_ptr, kth_ptr, tau_ptr,
                          BLOCK: tl.constexpr):  # pragma: no cover - compiled by Triton
         row = tl.program_id(0)
         if tl.load(covered_ptr + row) == 0:
             target = tl.load(top_p_ptr + row)
             base = probs_ptr + row.to(tl.int64) * stride
-            lo = tl.load(lo_ptr + row)  # invariant: mass(p >= lo) >= top_p > mass(p >= hi)
-            hi = tl.load(hi_ptr + row)
+            # Bisection bounds as float32 bits (a float's bits + 1 is the next float up), invariant
+            # mass(p >= lo) >= top_p > mass(p >= hi). Above: an uncovered row's top-k holds less than
+            # top_p, so no t above its k-th largest p keeps top_p. Below: the tokens under
+            # t = (1 - top_p) / (2 V) hold less than V t, so t still keeps top_p (up to the row's
+            # rounding, hence the margin; 0 when top_p is within it of 1).
+            hi = tl.load(kth_ptr + row).to(tl.int32, bitcast=True) + 1
+            floor = tl.where(target < 0.9999, (1.0 - target) / (2.0 * vocab), 0.0)
+            lo = tl.minimum(floor.to(tl.int32, bitcast=True), hi - 1)
             while hi - lo > 1:
                 mid = lo + (hi - lo) // 2
                 t = mid.to(tl.float32, bitcast=True)
@@ -112,15 +118,7 @@ def nucleus_threshold(probs: torch.Tensor, top_p: torch.Tensor, k: int) -> torch
     tau, covered = fast_threshold(top, p)
     everything = p.squeeze(-1) >= 1.0
     covered = covered | everything
-    # Bisection bounds (as float32 bits; a float's bits + 1 is the next float up). Above: an uncovered
-    # row's top-k holds less than top_p, so no t above its k-th largest p keeps top_p. Below: the
-    # tokens under t = (1 - top_p) / (2 V) hold less than V t, so t still keeps top_p (up to the
-    # row's rounding, hence the margin, and 0 when top_p is within it of 1).
-    vocab = probs.shape[-1]
-    hi = top[:, -1].contiguous().view(torch.int32) + 1
-    floor = torch.where(p.squeeze(-1) < 0.9999, (1.0 - p.squeeze(-1)) / (2 * vocab), 0.0)
-    lo = torch.minimum(floor.contiguous().view(torch.int32), hi - 1)
-    tau = tau.contiguous()
-    _kernel()[(probs.shape[0],)](probs, probs.stride(0), vocab, p.squeeze(-1).contiguous(),
-                                 covered.to(torch.int8), lo, hi, tau, BLOCK=_BLOCK, num_warps=8)
-    return torch.where(everything, torch.zeros_like(tau), tau)
+    kth, tau = top[:, -1].contiguous(), tau.contiguous()
+    _kernel()[(probs.shape[0],)](probs, probs.stride(0), probs.shape[-1], top_p.float().contiguous(),
+                                 covered, kth, tau, BLOCK=_BLOCK, num_warps=8)
+    return tau.masked_fill_(everything, 0.0)
