@@ -154,6 +154,15 @@ def markdown(res: dict[str, Any], prov: Provenance) -> str:
     for c, row in res["levels"].items():
         r = row["ratio"]
         lines.append(f"| {c} | {r['output_throughput']} | {r['median_itl']} | {r['median_ttft']} |")
+    if res.get("profile"):
+        pr = res["profile"]
+        lines += ["", f"Where alignserve's API process spends its CPU at concurrency {pr['c']} (plain; an extra run "
+                  f"under py-spy --gil, not in the medians; {pr['tok_s']:.0f} tok/s under the sampler): share of "
+                  "GIL-holding samples by innermost frame, then alignserve's own functions inclusive.", "",
+                  "| frame | share |", "|---|---|"]
+        lines += [f"| `{f}` | {s} |" for f, s in pr["hot_frames"]]
+        lines += ["", "| function (inclusive) | share |", "|---|---|"]
+        lines += [f"| `{f}` | {s} |" for f, s in pr["inclusive_frames"]]
     if res.get("la"):
         la = res["la"]
         lines += ["", f"Linear Alignment over HTTP (stored profile via `vllm_xargs`): alignserve LA@{la['c']} "
@@ -165,7 +174,8 @@ def markdown(res: dict[str, Any], prov: Provenance) -> str:
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[int, list[dict[str, float]]]],
-           la_runs: list[dict[str, float]], rounds_done: int, exits: dict[str, int | None] | None) -> dict[str, Any]:
+           la_runs: list[dict[str, float]], rounds_done: int, exits: dict[str, int | None] | None,
+           profile: dict[str, Any] | None = None) -> dict[str, Any]:
     """Medians over the rounds done so far (a partial report survives a run cut short)."""
     import vllm
 
@@ -185,8 +195,39 @@ def report(args: argparse.Namespace, results: dict[str, dict[int, list[dict[str,
         stock = stock2["output_throughput"]
         eff = round(la["output_throughput"] / (stock / 2), 3) if stock else None
         res["la"] = {"c": c, "la": la, "stock_2c": stock2, "efficiency": eff}
+    if profile:
+        res["profile"] = profile
     res["raw"] = {k: {str(c): runs for c, runs in v.items()} for k, v in results.items()} | {"la": la_runs}
     return res
+
+
+def profile_server(args: argparse.Namespace, url: str, pid: int, out_dir: Path) -> dict[str, Any] | None:
+    """One extra plain run at --profile-concurrency with py-spy sampling the API process (GIL holders):
+    where the HTTP path's host time goes. py-spy slows the server, so this run is not in the medians."""
+    from bench.http_overhead import hot_frames
+
+    c = args.profile_concurrency
+    raw = out_dir / "alignserve_api.pyspy.raw"
+    try:
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "-o", str(raw),
+                                "--rate", "250", "--gil", "--nonblocking"], stdout=subprocess.DEVNULL,
+                               stderr=(out_dir / "py-spy.log").open("w"))
+    except FileNotFoundError:
+        print("py-spy not on PATH: no profile", flush=True)
+        return None
+    time.sleep(1.0)
+    m = summarize(vllm_bench_serve(bench_cmd(url, args.model, c, max(args.min_prompts, args.prompts_per_slot * c),
+                                             args.input_len, args.output_len, out_dir / f"profile_c{c}.json")))
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+    if not raw.exists():
+        print("py-spy wrote nothing: " + (out_dir / "py-spy.log").read_text()[-500:], flush=True)
+        return None
+    own, incl = hot_frames(raw, top=20)
+    return {"c": c, "tok_s": m["output_throughput"], "hot_frames": own, "inclusive_frames": incl}
 
 
 def run(args: argparse.Namespace, publish: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -199,6 +240,7 @@ def run(args: argparse.Namespace, publish: Callable[[dict[str, Any]], None]) -> 
     al = alignserve_server(args.model, args.port + 1, args.mem, top, out_dir / "home", out_dir / "alignserve.log")
     results: dict[str, dict[int, list[dict[str, float]]]] = {"vllm": {}, "alignserve": {}}
     la_runs: list[dict[str, float]] = []
+    profile: dict[str, Any] | None = None
     done = 0
     try:
         vl.start("/v1/models", args.start_timeout)
@@ -227,9 +269,11 @@ def run(args: argparse.Namespace, publish: Callable[[dict[str, Any]], None]) -> 
                 print(json.dumps({"round": rnd, "server": "alignserve-la", "c": c, **la_runs[-1]}), flush=True)
             done = rnd + 1
             publish(report(args, results, la_runs, done, None))
+        if args.profile and al.proc is not None:
+            profile = profile_server(args, al.url, al.proc.pid, out_dir)
     finally:
         codes = {"alignserve_exit": al.stop(), "vllm_exit": vl.stop()}
-    res = report(args, results, la_runs, done, codes)
+    res = report(args, results, la_runs, done, codes, profile)
     publish(res)
     return res
 
@@ -247,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-prompts", type=int, default=16)
     ap.add_argument("--la", action="store_true", help="also Linear Alignment over HTTP on alignserve")
     ap.add_argument("--la-concurrency", type=int, default=64)
+    ap.add_argument("--profile", action="store_true",
+                    help="after the rounds, sample alignserve's API process with py-spy during one more plain run")
+    ap.add_argument("--profile-concurrency", type=int, default=64)
     ap.add_argument("--mem", type=float, default=0.42, help="GPU memory share of each server")
     ap.add_argument("--port", type=int, default=8300)
     ap.add_argument("--start-timeout", type=float, default=300)

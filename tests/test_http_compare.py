@@ -31,3 +31,13 @@ def test_ratios_and_report() -> None:
            "la": {"c": 4, "la": a, "stock_2c": v, "efficiency": 1.9}}
     md = markdown(res, Provenance(device="GPU", command="c", date="d", git_revision="g"))
     assert "| 8 | alignserve | 950 |" in md and "| 8 | 0.95 | 1.25 | 0.5 |" in md and "**1.9**" in md
+
+
+def test_report_shows_the_api_profile() -> None:
+    v = summarize({"output_throughput": 1000.0, "median_ttft_ms": 50, "median_itl_ms": 5.0})
+    res = {"model": "m", "model_info": "", "vllm_version": "0.26.0", "input_len": 1, "output_len": 1,
+           "rounds": 1, "levels": {64: {"vllm": v, "alignserve": v, "ratio": ratios(v, v)}},
+           "profile": {"c": 64, "tok_s": 900.0, "hot_frames": [("send (uvicorn/h11.py)", 0.25)],
+                       "inclusive_frames": [("stream_tokens", 0.4)]}}
+    md = markdown(res, Provenance(device="GPU", command="c", date="d", git_revision="g"))
+    assert "concurrency 64" in md and "| `send (uvicorn/h11.py)` | 0.25 |" in md and "| `stream_tokens` | 0.4 |" in md
