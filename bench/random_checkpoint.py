@@ -6,6 +6,10 @@ an HF folder with the embedded model's tokenizer. The output head is scaled so n
 distributions are peaked like a trained model's: with near-uniform logits Linear Alignment's
 plausibility nucleus would cover thousands of tokens and take its slow path, misstating its cost.
 
+With ``--reward-out`` it also writes a random one-label Qwen2 sequence-classification model of the
+same shape: the kind of folder ``--reward-model`` takes (the shipped head is served as one), so a GPU
+soak of every route needs no real weights carried to the host.
+
 Usage (GPU host): python -m bench.random_checkpoint --shape 7b --tokenizer <folder> --out /tmp/rand-7b
 """
 
@@ -64,6 +68,32 @@ def build(shape: str, tokenizer_dir: Path, out: Path, head_scale: float = 12.0, 
             "mean_top1_probability": round(peak, 4), "build_s": round(time.perf_counter() - t0, 1), "path": str(out)}
 
 
+def build_reward(shape: str, tokenizer_dir: Path, out: Path, dtype: str = "bfloat16",
+                 device: str = "cuda" if torch.cuda.is_available() else "cpu", seed: int = 1) -> dict[str, Any]:
+    """Write a random one-label Qwen2 reward model (``Qwen2ForSequenceClassification``) of ``shape``."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    cfg = Qwen2Config(vocab_size=max(len(tok), 64), max_position_embeddings=32768, tie_word_embeddings=False,
+                      rms_norm_eps=1e-6, rope_theta=1_000_000.0, torch_dtype=dtype, num_labels=1,
+                      pad_token_id=pad, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      **SHAPES[shape])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2ForSequenceClassification(cfg).to(getattr(torch, dtype))
+    with torch.no_grad():
+        ids = torch.tensor([tok.encode("Why is the sky blue? Answer briefly.")], device=device)
+        score = float(model(input_ids=ids).logits.float().reshape(-1)[0])
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    del model
+    return {"shape": shape, "kind": "reward", "num_labels": 1, "dtype": dtype, "sample_score": round(score, 4),
+            "build_s": round(time.perf_counter() - t0, 1), "path": str(out)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="0.5b")
@@ -71,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--head-scale", type=float, default=12.0, help="output-head multiplier (peakier when larger)")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--reward-out", type=Path, help="also write a random one-label reward model of the shape here")
     args = ap.parse_args(argv)
     print(build(args.shape, args.tokenizer, args.out, args.head_scale, args.dtype), flush=True)
+    if args.reward_out:
+        print(build_reward(args.shape, args.tokenizer, args.reward_out, args.dtype), flush=True)
     return 0
 
 

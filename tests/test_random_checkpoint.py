@@ -15,3 +15,18 @@ def test_tiny_random_checkpoint_is_servable_and_peaked(tmp_path: Path, tiny_mode
     eng = TransformersEngine(str(tmp_path / "peaked"), device="cpu", dtype="float32", max_model_len=64)
     assert eng.num_layers == 2 and eng.num_heads == 4
     assert eng.prompt_size([{"role": "user", "content": "hi"}], None).plain > 0  # tokenizer + chat template
+
+
+def test_tiny_random_reward_model_loads_as_a_reward_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from bench.random_checkpoint import build_reward
+    from service.reward.reward_model import TransformersRewardModel
+
+    info = build_reward("tiny", tiny_model_dir, tmp_path / "rm", dtype="float32", device="cpu")
+    assert info["num_labels"] == 1
+    rm = TransformersRewardModel(str(tmp_path / "rm"), device="cpu", dtype="float32", max_length=64)
+    try:
+        convs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": a}] for a in ("yes", "no thanks")]
+        scores = rm.rewards(convs)
+        assert len(scores) == 2 and all(isinstance(s, float) for s in scores) and scores[0] != scores[1]
+    finally:
+        rm.close()

@@ -25,6 +25,14 @@
 # Owed next: `python3 -m bench.sync_free --out $OUT` (seconds), then SEVEN_B=1 session_c.sh with
 # IL_ARGS="--il-compare-sync --il-no-steer-only --il-requests 192 --il-rounds 3" (re-measure after the
 # host-wait fixes, ~360 s), then the full 13-call staging for session_a.sh (FAULT_PHASES=vllm) + soak.
+# 2026-12-07 (fourth session): four refused starts, then no machine lent at all — nothing ran. Plan for
+# the next one, no GGUF needed (SOAK_MODEL=random: random-weight 0.5B + random one-label RM built on the
+# host, the same server and RM code paths): calls 1-4 the stages; call 5 carries .stage5 .gpuw and runs
+# `cp -r .stage5/. /tmp/stage/ && cp -r .gpuw /tmp/gpuw && SOAK_MODEL=random FAULT_PHASES=vllm bash
+# bench/gpu/session_a.sh` (faults ~220 s + soak start); call 6 `SOAK_WAIT_S=570 IL_S=0 bash
+# bench/gpu/session_c.sh`; call 7 `SOAK_WAIT_S=200 IL_S=0 ...` (collects); call 8 the HTTP comparison:
+# `python3 -m bench.http_compare --model /tmp/rand-0.5b --levels 1,8,64,256 --rounds 3 --la --profile
+# --out $OUT/http_compare` (PATH=/tmp/site/bin for py-spy). ~1,650 s in all: any refusal drops call 8.
 # Run from the repository root after `alignserve models pull`. All folders are git-ignored.
 set -euo pipefail
 H=${ALIGNSERVE_HOME:-$HOME/.cache/alignserve}/models/qwen2.5-coder-0.5b-instruct

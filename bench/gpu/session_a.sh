@@ -6,8 +6,16 @@ export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=
 export BENCH_GIT_REVISION=${BENCH_GIT_REVISION:-unknown}
 bash bench/gpu/host_setup.sh || exit 1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+# SOAK_MODEL=random: faults and soak on a random-weight 0.5B + a random one-label RM, built here (no GGUF
+# parts to carry: 5 stage calls instead of 13); soak.sh reuses the folders
+FAULT_MODEL=()
+if [ "${SOAK_MODEL:-embedded}" = random ]; then
+  [ -f /tmp/rand-0.5b/config.json ] && [ -f /tmp/rand-rm-0.5b/config.json ] || python3 -m bench.random_checkpoint \
+    --shape 0.5b --tokenizer /tmp/tok --out /tmp/rand-0.5b --reward-out /tmp/rand-rm-0.5b || exit 1
+  FAULT_MODEL=(--model /tmp/rand-0.5b --reward-model /tmp/rand-rm-0.5b)
+fi
 [ "${FAULTS_S:-420}" = 0 ] || timeout ${FAULTS_S:-420} python3 -m bench.vllm_bench faults ${FAULT_PHASES:-vllm transformers_oom} --home /tmp/ahome \
-  --out "$OUT" || echo "faults exit $?"
+  "${FAULT_MODEL[@]}" --out "$OUT" || echo "faults exit $?"
 cp /tmp/faults/*.log "$OUT/" 2>/dev/null; (cd /tmp/faults && tar czf "$OUT/fault_logs.tgz" *.log) 2>/dev/null
 [ -n "${NO_SOAK:-}" ] || { mkdir -p /tmp/soak0; rm -f /tmp/soak/ready_at; setsid nohup bash bench/gpu/soak.sh > /tmp/soak0/run.log 2>&1 < /dev/null &
   # return only once the soak's server is ready, reward model included: a benchmark started beside a

@@ -71,6 +71,11 @@ time.sleep(float(sys.argv[2]))
 
 def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--home", default="/tmp/ahome", help="model cache with the embedded model")
+    ap.add_argument("--model", default=MODEL, help=f"served model (default {MODEL}; any HF folder, e.g. a "
+                    "random-weight one from bench.random_checkpoint)")
+    ap.add_argument("--reward-model", default="auto", help="the server's --reward-model (default auto: the "
+                    "shipped head with the embedded model; a one-label RM folder otherwise, which the vllm "
+                    "phase's reward-model kill needs)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/faults"), help="logs and DBs")
     ap.add_argument("--kv-blocks", type=int, default=320, help="vllm: KV-cache blocks of 16 tokens (default 320)")
     ap.add_argument("--port", type=int, default=18095)
@@ -178,7 +183,8 @@ async def traffic(url: str, seconds: float, workers: int, max_tokens: int) -> di
 def vllm_phase(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
     log = args.work / "vllm_server.log"
-    srv = ServerProcess(["--backend", "vllm", "--model", MODEL, "--home", args.home,
+    srv = ServerProcess(["--backend", "vllm", "--model", args.model, "--reward-model", args.reward_model,
+                         "--home", args.home,
                          "--db-url", f"sqlite:///{args.work}/vllm.db", "--gpu-memory-utilization", "0.3",
                          "--reward-gpu-memory-utilization", "0.08", "--kv-cache-blocks", str(args.kv_blocks),
                          "--max-model-len", "4096", "--drain-timeout", "10", "--max-queue", "256"],
@@ -394,7 +400,7 @@ def generator_kill_ok(out: dict[str, Any]) -> bool:
 def transformers_oom(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
     log = args.work / "tf_server.log"
-    srv = ServerProcess(["--backend", "transformers", "--device", "cuda", "--dtype", "float32", "--model", MODEL,
+    srv = ServerProcess(["--backend", "transformers", "--device", "cuda", "--dtype", "float32", "--model", args.model,
                          "--home", args.home, "--db-url", f"sqlite:///{args.work}/tf.db", "--reward-model", "none",
                          "--max-model-len", "8192", "--max-batch-size", "4"], args.port + 1, log)
     long_prompt = "Summarise this text. " + " ".join(f"word{i % 97}" for i in range(1800))
