@@ -39,17 +39,24 @@ def peak_ratio(logits: torch.Tensor) -> float:
     return float(torch.softmax(logits.float(), dim=-1).max(dim=-1).values.mean())
 
 
+def qwen2_config(shape: str, tok: Any, dtype: str, **extra: Any) -> Any:
+    """A Qwen2.5-like config of ``shape`` around the tokenizer ``tok`` (its vocabulary and special ids)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=max(len(tok), 64), max_position_embeddings=32768, tie_word_embeddings=False,
+                       rms_norm_eps=1e-6, rope_theta=1_000_000.0, torch_dtype=dtype,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **SHAPES[shape], **extra)
+
+
 def build(shape: str, tokenizer_dir: Path, out: Path, head_scale: float = 12.0, dtype: str = "bfloat16",
           device: str = "cuda" if torch.cuda.is_available() else "cpu", seed: int = 0) -> dict[str, Any]:
     """Write a random Qwen2 of ``shape`` to ``out`` (HF folder + the tokenizer); report its peakiness."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    vocab = max(len(tok), 64)
-    cfg = Qwen2Config(vocab_size=vocab, max_position_embeddings=32768, tie_word_embeddings=False,
-                      rms_norm_eps=1e-6, rope_theta=1_000_000.0, torch_dtype=dtype,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **SHAPES[shape])
+    cfg = qwen2_config(shape, tok, dtype)
+    vocab = cfg.vocab_size
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen2ForCausalLM(cfg).to(getattr(torch, dtype))
@@ -71,15 +78,12 @@ def build(shape: str, tokenizer_dir: Path, out: Path, head_scale: float = 12.0, 
 def build_reward(shape: str, tokenizer_dir: Path, out: Path, dtype: str = "bfloat16",
                  device: str = "cuda" if torch.cuda.is_available() else "cpu", seed: int = 1) -> dict[str, Any]:
     """Write a random one-label Qwen2 reward model (``Qwen2ForSequenceClassification``) of ``shape``."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+    from transformers import AutoTokenizer, Qwen2ForSequenceClassification
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    cfg = Qwen2Config(vocab_size=max(len(tok), 64), max_position_embeddings=32768, tie_word_embeddings=False,
-                      rms_norm_eps=1e-6, rope_theta=1_000_000.0, torch_dtype=dtype, num_labels=1,
-                      pad_token_id=pad, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      **SHAPES[shape])
+    cfg = qwen2_config(shape, tok, dtype, num_labels=1, pad_token_id=pad)
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen2ForSequenceClassification(cfg).to(getattr(torch, dtype))
