@@ -33,6 +33,9 @@
 # bench/gpu/session_c.sh`; call 7 `SOAK_WAIT_S=200 IL_S=0 ...` (collects); call 8 the HTTP comparison:
 # `python3 -m bench.http_compare --model /tmp/rand-0.5b --levels 1,8,64,256 --rounds 3 --la --profile
 # --out $OUT/http_compare` (PATH=/tmp/site/bin for py-spy). ~1,650 s in all: any refusal drops call 8.
+# 2026-12-07 (sixth session): the first start came at once (89 s of budget), but a pause of more than 30 s
+# before call 2 lost the machine and /tmp/stage, and the restarts were refused for ~9 min each — the stage
+# calls must be issued one after another with nothing in between; the plan above is unchanged.
 # Run from the repository root after `alignserve models pull`. All folders are git-ignored.
 set -euo pipefail
 H=${ALIGNSERVE_HOME:-$HOME/.cache/alignserve}/models/qwen2.5-coder-0.5b-instruct
